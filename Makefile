@@ -1,0 +1,46 @@
+# Every target stops at the first error. `make demo` and `make test` install first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RUN := runs/quickstart
+METHODS := fine tracin grad-cos loss
+# One torch thread per process: two processes spinning 2 threads each on 2 cores crawl.
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: install demo test lint format bench clean
+
+install: $(BIN)/fine
+
+$(BIN)/fine: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@touch $@
+
+demo: install
+	@mkdir -p $(RUN)
+	$(BIN)/fine train-collect configs/quickstart.yaml -o $(RUN)/signals.npz
+	@for m in $(METHODS); do \
+	  $(BIN)/fine estimate $(RUN)/signals.npz --method $$m -o $(RUN)/influence-$$m.npz && \
+	  $(BIN)/fine rank $(RUN)/influence-$$m.npz --top 5 -o $(RUN)/ranking-$$m.npz > /dev/null \
+	  || exit 1; \
+	done
+	$(BIN)/fine evaluate recall $(addprefix $(RUN)/ranking-,$(addsuffix .npz,$(METHODS))) \
+	  --plot $(RUN)/recall.png
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check fine_cli tests benchmarks
+	$(BIN)/ruff format --check fine_cli tests benchmarks
+	$(BIN)/mypy fine_cli
+
+format: install
+	$(BIN)/ruff format fine_cli tests benchmarks
+	$(BIN)/ruff check --fix fine_cli tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/bench.py
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

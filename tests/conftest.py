@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny config and one train-collect run reused by the CLI tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+# Tests share 2 cores with whatever else runs; one thread per process avoids spinning.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {
+        "dataset": "synthetic",
+        "label_noise": 0.2,
+        "synthetic": {"n_samples": 250, "n_features": 10, "n_classes": 3, "separation": 3.0},
+    },
+    "model": {"arch": "mlp", "hidden": [16]},
+    "train": {"epochs": 4, "batch_size": 25, "lr": 0.01, "device": "cpu"},
+    "collect": {"mode": "self", "probe_repeats": 2},
+    "evaluate": {"p_grid": [0, 10, 20, 30, 50, 100]},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def write_config(path: Path, overrides: dict | None = None) -> Path:
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    for key, value in (overrides or {}).items():
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_signals(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One self-mode train-collect run through the CLI, shared by the tests that read it."""
+    from typer.testing import CliRunner
+
+    from fine_cli.cli import app
+
+    d = tmp_path_factory.mktemp("run")
+    cfg = write_config(d / "tiny.yaml")
+    out = d / "signals.npz"
+    res = CliRunner().invoke(app, ["train-collect", str(cfg), "-o", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    return out
