@@ -1,0 +1,98 @@
+"""PNG figures of evaluation reports, written atomically.
+
+Figures are drawn with matplotlib's object API on an Agg canvas rather than through
+pyplot: it needs no display, and importing this module never switches the backend of a
+notebook or another program that uses pyplot.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from fine_cli.errors import FineError
+from fine_cli.stages.evaluate import RecallReport
+
+_DPI = 120
+_SIZE_IN = (7.0, 5.0)
+
+
+def plot_recall(report: RecallReport, path: str | Path) -> Path:
+    """Recall vs top-p% of every ranking in ``report`` on one axes, saved as PNG.
+
+    Draws each ranking's recall curve (legend: AUROC and area), the random-ranking
+    diagonal and the ideal curve (flipped points first) of each distinct
+    (n, flip count, grid). Returns the path written.
+    """
+    fig = recall_figure(report)
+    return save_png(fig, path)
+
+
+def recall_figure(report: RecallReport) -> Figure:
+    """The figure of :func:`plot_recall`, not saved."""
+    fig = Figure(figsize=_SIZE_IN, dpi=_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for r in report.rankings:
+        auroc = "n/a" if math.isnan(r.auroc) else f"{r.auroc:.3f}"
+        ax.plot(
+            r.p_grid,
+            r.recall,
+            marker="o",
+            markersize=3,
+            linewidth=1.8,
+            label=f"{r.label}: AUROC {auroc}, area {r.area:.3f}",
+        )
+    ideals = {(r.n, r.n_flipped, tuple(r.p_grid)): r for r in report.rankings}
+    for r in ideals.values():
+        rate = f", {100 * r.noise_rate:.0f}% flipped" if len(ideals) > 1 else ""
+        ax.plot(
+            r.p_grid,
+            r.ideal_recall,
+            color="black",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"ideal{rate} (area {r.ideal_area:.3f})",
+        )
+    ax.plot([0, 100], [0, 1], color="gray", linestyle=":", linewidth=1.2, label="random (area 0.5)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("top p% of the ranking")
+    ax.set_ylabel("recall of flipped labels")
+    ax.set_title(_title(report))
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def _title(report: RecallReport) -> str:
+    sizes = {(r.n, r.n_flipped) for r in report.rankings}
+    if len(sizes) == 1:
+        n, f = next(iter(sizes))
+        return f"Recall of flipped labels in the top-p% (n={n}, {f} flipped)"
+    return "Recall of flipped labels in the top-p%"
+
+
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as PNG to ``path`` via a temporary file in the same directory."""
+    target = Path(path)
+    parent = target.parent
+    if not parent.is_dir():
+        raise FineError(
+            f"cannot write '{target}': directory '{parent}' does not exist; create it.", 4
+        )
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
