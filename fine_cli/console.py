@@ -26,7 +26,7 @@ err = Console(stderr=True, highlight=False)
 
 
 def info(msg: str) -> None:
-    err.print(msg)
+    err.print(msg, soft_wrap=True)
 
 
 def error(msg: str) -> None:
