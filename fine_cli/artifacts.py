@@ -110,7 +110,9 @@ def save_artifact(path: str, kind: str, arrays: dict[str, np.ndarray], meta: dic
     target = Path(path)
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
-        raise FineError(f"cannot write '{path}': directory '{parent}' does not exist; create it.", 4)
+        raise FineError(
+            f"cannot write '{path}': directory '{parent}' does not exist; create it.", 4
+        )
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -33,8 +33,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-evaluate_app = typer.Typer(help="Measure rankings: recall of known mislabelled points.",
-                           no_args_is_help=True)
+evaluate_app = typer.Typer(
+    help="Measure rankings: recall of known mislabelled points.", no_args_is_help=True
+)
 app.add_typer(evaluate_app, name="evaluate")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -94,7 +95,9 @@ Output = Annotated[str, typer.Option("--output", "-o", help="Output .npz path; '
 @app.command("train-collect")
 @handled
 def train_collect(
-    config: Annotated[str, typer.Argument(help="YAML experiment config, e.g. configs/quickstart.yaml.")],
+    config: Annotated[
+        str, typer.Argument(help="YAML experiment config, e.g. configs/quickstart.yaml.")
+    ],
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a config value: --set train.epochs=5 (repeatable)."),
@@ -135,8 +138,10 @@ def estimate(
     arrays, meta = stage.run(art, method.value)
     save_artifact(output, "influence", arrays, meta)
     q, g = arrays["scores"].shape
-    console.info(f"influence ({method.value}): {q} quer{'y' if q == 1 else 'ies'} x {g} subsets"
-                 + (f" -> {output}" if output != "-" else ""))
+    console.info(
+        f"influence ({method.value}): {q} quer{'y' if q == 1 else 'ies'} x {g} subsets"
+        + (f" -> {output}" if output != "-" else "")
+    )
 
 
 @app.command()
@@ -175,7 +180,9 @@ def rank(
 @evaluate_app.command("recall")
 @handled
 def evaluate_recall(
-    rankings: Annotated[list[str], typer.Argument(help="Ranking .npz files from rank (one per method).")],
+    rankings: Annotated[
+        list[str], typer.Argument(help="Ranking .npz files from rank (one per method).")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     plot: Annotated[str | None, typer.Option(help="Write the recall curves to this PNG.")] = None,
     p_grid: Annotated[
@@ -187,7 +194,9 @@ def evaluate_recall(
 
     grid = _parse_grid(p_grid) if p_grid else None
     if sum(1 for r in rankings if r == "-") > 1:
-        raise FineError("standard input ('-') can be given once only; pass the other rankings as files.")
+        raise FineError(
+            "standard input ('-') can be given once only; pass the other rankings as files."
+        )
     report = stage.run_recall(stage.load_rankings(rankings), grid)
     if plot:
         from fine_cli.plots import plot_recall

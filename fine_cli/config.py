@@ -200,7 +200,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config, apply ``--set`` overrides, validate; FineError on any problem."""
     p = Path(path)
     if not p.is_file():
-        raise FineError(f"config file '{p}' does not exist; pass a path such as configs/quickstart.yaml.")
+        raise FineError(
+            f"config file '{p}' does not exist; pass a path such as configs/quickstart.yaml."
+        )
     try:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as err:

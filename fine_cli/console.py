@@ -130,12 +130,18 @@ def format_recall(report: Any) -> str:
     for r in report.rankings:
         rec = dict(zip(r.p_grid, r.recall))
         table.add_row(
-            r.label, f"{r.auroc:.3f}", f"{r.auprc:.3f}", f"{r.area:.3f}",
+            r.label,
+            f"{r.auroc:.3f}",
+            f"{r.auprc:.3f}",
+            f"{r.area:.3f}",
             *(f"{rec[p]:.3f}" for p in shown),
         )
     ideal = dict(zip(first.p_grid, first.ideal_recall))
     table.add_row(
-        "[dim]ideal[/]", "[dim]1.000[/]", "[dim]1.000[/]", f"[dim]{first.ideal_area:.3f}[/]",
+        "[dim]ideal[/]",
+        "[dim]1.000[/]",
+        "[dim]1.000[/]",
+        f"[dim]{first.ideal_area:.3f}[/]",
         *(f"[dim]{ideal[p]:.3f}[/]" for p in shown),
     )
     out = Console(file=io.StringIO(), width=120, force_terminal=sys.stdout.isatty())

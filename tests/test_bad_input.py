@@ -107,7 +107,9 @@ def test_nan_and_shape_mismatch(tiny_signals: Path, tmp_path: Path) -> None:
 
 
 def test_unwritable_output_directory(tiny_signals: Path, tmp_path: Path) -> None:
-    _fails(["estimate", str(tiny_signals), "-o", str(tmp_path / "no" / "dir.npz")], 4, "does not exist")
+    _fails(
+        ["estimate", str(tiny_signals), "-o", str(tmp_path / "no" / "dir.npz")], 4, "does not exist"
+    )
 
 
 def test_rank_query_out_of_range(tiny_signals: Path, tmp_path: Path) -> None:
@@ -120,8 +122,11 @@ def test_recall_without_flips(tmp_path: Path, tiny_signals: Path) -> None:
     art = load_artifact(str(tiny_signals), "signals")
     n = art["flip_mask"].shape[0]
     arrays = {
-        "order": np.arange(n), "score": np.linspace(1, 0, n), "train_index": np.arange(n),
-        "is_flipped": np.zeros(n, bool), "label": np.zeros(n, np.int64),
+        "order": np.arange(n),
+        "score": np.linspace(1, 0, n),
+        "train_index": np.arange(n),
+        "is_flipped": np.zeros(n, bool),
+        "label": np.zeros(n, np.int64),
     }
     p = tmp_path / "r.npz"
     save_artifact(str(p), "ranking", arrays, make_meta("ranking", method="fine", config=None))

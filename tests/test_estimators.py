@@ -7,7 +7,7 @@ import pytest
 
 from fine_cli.estimators import METHODS, fine_scores
 from fine_cli.estimators.fine import influence_alg2, max_abs_mu, mu_alg2, mu_alg2_reference
-from fine_cli.estimators.samples import Signals, self_samples, query_samples
+from fine_cli.estimators.samples import Signals, query_samples, self_samples
 
 EXACT = 1e-10  # float64 arithmetic on the same numbers in another order
 # Algorithm 2 maximises |mu_t| over thresholds, so its estimate is biased away from zero:
@@ -227,6 +227,8 @@ def test_self_grad_cos_is_disagreement_with_the_rest_of_the_batch() -> None:
                 for k in range(2):
                     rest = [j for j in probe[c, r, k] if j != i]
                     s = g[0, c, rest].sum(0)
-                    vals.append(-(g[0, c, i] @ s) / (np.linalg.norm(g[0, c, i]) * np.linalg.norm(s)))
+                    vals.append(
+                        -(g[0, c, i] @ s) / (np.linalg.norm(g[0, c, i]) * np.linalg.norm(s))
+                    )
             per_c.append(np.mean(vals))
         assert got[i] == pytest.approx(float(np.dot(lr, per_c) / lr.sum()), abs=1e-9)

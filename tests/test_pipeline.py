@@ -18,7 +18,6 @@ from fine_cli.cli import app
 from fine_cli.config import load_config
 from fine_cli.estimators import METHODS, Signals
 from fine_cli.stages import estimate, train_collect
-from tests.conftest import write_config
 
 runner = CliRunner()
 # float32 engine arithmetic summed in another order (chunking) differs in the last bits.
@@ -28,7 +27,7 @@ CHUNK_RTOL, CHUNK_ATOL = 1e-4, 1e-6
 def _invoke(*args: str) -> str:
     res = runner.invoke(app, list(args))
     assert res.exit_code == 0, res.output
-    return res.output
+    return res.stdout
 
 
 def test_four_commands_end_to_end(tiny_signals: Path, tmp_path: Path) -> None:
@@ -69,8 +68,17 @@ def test_artifacts_carry_provenance(tiny_signals: Path) -> None:
 
 def test_set_override_reaches_the_artifact(tiny_config: Path, tmp_path: Path) -> None:
     out = tmp_path / "s.npz"
-    _invoke("train-collect", str(tiny_config), "--set", "train.epochs=2",
-            "--set", "collect.checkpoints=1", "-o", str(out), "-q")
+    _invoke(
+        "train-collect",
+        str(tiny_config),
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "collect.checkpoints=1",
+        "-o",
+        str(out),
+        "-q",
+    )
     sig = load_artifact(str(out), "signals")
     assert sig.meta["config"]["train"]["epochs"] == 2
     assert sig["checkpoint_epoch"].tolist() == [2]
@@ -98,8 +106,12 @@ def test_self_mode_equals_the_diagonal_of_test_mode(tiny_config: Path) -> None:
     over = ["train.epochs=3", "data.synthetic.n_samples=120"]
     self_arr, _ = train_collect.run(load_config(tiny_config, over))
     n = self_arr["train_index"].shape[0]
-    test_over = [*over, "collect.mode=test", "collect.test_points.source=train",
-                 f"collect.test_points.indices={list(range(n))}"]
+    test_over = [
+        *over,
+        "collect.mode=test",
+        "collect.test_points.source=train",
+        f"collect.test_points.indices={list(range(n))}",
+    ]
     test_arr, meta = train_collect.run(load_config(tiny_config, test_over))
     assert meta["mode"] == "test"
     np.testing.assert_allclose(
@@ -121,11 +133,23 @@ def test_test_mode_with_groups_file(tiny_config: Path, tmp_path: Path) -> None:
     idx = arrays["train_index"]
     groups.write_text(json.dumps([[int(idx[0]), int(idx[1])], [int(idx[5])], idx[10:20].tolist()]))
     out = tmp_path / "t.npz"
-    _invoke("train-collect", str(tiny_config), "--set", "train.epochs=2", "--set",
-            "collect.mode=test", "--set", "collect.test_points.n=3",
-            "--set", f"collect.groups_file={groups}", "-o", str(out), "-q")
+    _invoke(
+        "train-collect",
+        str(tiny_config),
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "collect.mode=test",
+        "--set",
+        "collect.test_points.n=3",
+        "--set",
+        f"collect.groups_file={groups}",
+        "-o",
+        str(out),
+        "-q",
+    )
     sig = load_artifact(str(out), "signals", estimate.SIGNALS_REQUIRED)
-    arrays, meta = estimate.run(sig, "fine")
+    arrays, _ = estimate.run(sig, "fine")
     assert arrays["scores"].shape == (3, 3)
     assert arrays["group_ptr"].tolist() == [0, 2, 3, 13]
     rk = tmp_path / "inf.npz"
@@ -146,18 +170,30 @@ def test_shell_pipeline_and_closed_pipe(tiny_config: Path, tmp_path: Path) -> No
         f"{fine} train-collect {tiny_config} --set train.epochs=2 -q -o - "
         f"| {fine} estimate - -o - | {fine} rank - --top 5 --format csv"
     )
-    res = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
-                         env=env, timeout=300)
+    res = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, env=env, timeout=300
+    )
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
     assert lines[0] == "rank,subset,train_index,label,score,flipped" and len(lines) == 6
     inf = tmp_path / "inf.npz"
     subprocess.run(
-        ["bash", "-c", f"{fine} train-collect {tiny_config} --set train.epochs=1 -q -o - | "
-                       f"{fine} estimate - -o {inf}"], check=True, env=env, timeout=300,
+        [
+            "bash",
+            "-c",
+            f"{fine} train-collect {tiny_config} --set train.epochs=1 -q -o - | "
+            f"{fine} estimate - -o {inf}",
+        ],
+        check=True,
+        env=env,
+        timeout=300,
     )
-    res = subprocess.run(["bash", "-o", "pipefail", "-c",
-                          f"{fine} rank {inf} --top 200 --format csv | head -n 2"],
-                         capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f"{fine} rank {inf} --top 200 --format csv | head -n 2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
     assert len(res.stdout.splitlines()) == 2

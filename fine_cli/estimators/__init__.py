@@ -12,7 +12,7 @@ import numpy as np
 
 from fine_cli.estimators import baselines
 from fine_cli.estimators.fine import influence_alg2
-from fine_cli.estimators.samples import Signals, self_samples, query_samples
+from fine_cli.estimators.samples import Signals, query_samples, self_samples
 
 ScoreFn = Callable[[Signals, "slice | None"], np.ndarray]
 

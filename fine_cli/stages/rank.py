@@ -9,8 +9,15 @@ import numpy as np
 from fine_cli.artifacts import Artifact, check_shape, make_meta, require_finite
 from fine_cli.errors import FineError
 
-INFLUENCE_REQUIRED = ("scores", "query_index", "train_index", "labels", "flip_mask",
-                      "group_ptr", "group_members")
+INFLUENCE_REQUIRED = (
+    "scores",
+    "query_index",
+    "train_index",
+    "labels",
+    "flip_mask",
+    "group_ptr",
+    "group_members",
+)
 Aggregate = Literal["mean", "sum"]
 
 
@@ -25,8 +32,9 @@ def run(
     require_finite(influence, ("scores",))
     if query is not None:
         if not 0 <= query < n_q:
-            raise FineError(f"--query {query} is out of range: the file has {n_q} test point(s) "
-                            f"(0..{n_q - 1}).")
+            raise FineError(
+                f"--query {query} is out of range: the file has {n_q} test point(s) (0..{n_q - 1})."
+            )
         col, label = scores[query], str(query)
     elif n_q == 1:
         col, label = scores[0], "self" if influence.meta.get("mode") == "self" else "0"
@@ -39,7 +47,9 @@ def run(
     single = sizes == 1
     first = members[ptr[:-1]]
     flip = influence["flip_mask"].astype(bool)
-    flipped_any = np.logical_or.reduceat(flip[members], ptr[:-1]) if members.size else np.zeros(n_g, bool)
+    flipped_any = (
+        np.logical_or.reduceat(flip[members], ptr[:-1]) if members.size else np.zeros(n_g, bool)
+    )
     train_index = np.where(single, influence["train_index"][first], -1)
     label_arr = np.where(single, influence["labels"][first], -1)
     arrays = {

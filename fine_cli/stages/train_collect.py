@@ -42,7 +42,9 @@ class Seeds:
 
 def derive_seeds(cfg: Config) -> Seeds:
     """Independent streams from the one training seed (no global RNG state)."""
-    main, aux, probe = (int(s.generate_state(1)[0]) for s in np.random.SeedSequence(cfg.seed).spawn(3))
+    main, aux, probe = (
+        int(s.generate_state(1)[0]) for s in np.random.SeedSequence(cfg.seed).spawn(3)
+    )
     return Seeds(main=main, aux=aux, probe=probe, test_points=cfg.collect.test_points.seed)
 
 
@@ -54,7 +56,9 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise FineError(f"train.device '{name}' is not a device; use auto, cpu or cuda.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FineError(f"train.device is '{name}' but no CUDA device is available; use auto or cpu.")
+        raise FineError(
+            f"train.device is '{name}' but no CUDA device is available; use auto or cpu."
+        )
     return dev
 
 
@@ -73,13 +77,21 @@ def checkpoint_epochs(epochs: int, n_checkpoints: int | None) -> np.ndarray:
 def _optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     t = cfg.train
     if t.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.Adam(
+            model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay
+        )
+    return torch.optim.SGD(
+        model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
+    )
 
 
 def _train_epoch(
-    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-    batch: int, gen: torch.Generator,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch: int,
+    gen: torch.Generator,
 ) -> None:
     model.train()
     perm = torch.randperm(x.shape[0], generator=gen).to(x.device)
@@ -91,7 +103,9 @@ def _train_epoch(
         opt.step()
 
 
-def _test_points(cfg: Config, data: LoadedData) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+def _test_points(
+    cfg: Config, data: LoadedData
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
     """Test-mode queries: (x (m, ...), y (m,), positions in the split, source indices)."""
     tp = cfg.collect.test_points
     split = data.test if tp.source == "test" else data.train
@@ -123,9 +137,13 @@ def read_groups(path: str, train_index: np.ndarray) -> tuple[np.ndarray, np.ndar
     try:
         groups = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise FineError(f"collect.groups_file '{path}' is not valid JSON; give a list of lists.") from None
-    if not isinstance(groups, list) or not groups or not all(
-        isinstance(g, list) and g and all(isinstance(i, int) for i in g) for g in groups
+        raise FineError(
+            f"collect.groups_file '{path}' is not valid JSON; give a list of lists."
+        ) from None
+    if (
+        not isinstance(groups, list)
+        or not groups
+        or not all(isinstance(g, list) and g and all(isinstance(i, int) for i in g) for g in groups)
     ):
         raise FineError(
             f"collect.groups_file '{path}' must be a non-empty JSON list of non-empty lists of "
@@ -143,7 +161,9 @@ def read_groups(path: str, train_index: np.ndarray) -> tuple[np.ndarray, np.ndar
     return ptr, members
 
 
-def run(cfg: Config, progress: Progress | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def run(
+    cfg: Config, progress: Progress | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Train both models, collect the signals; returns (arrays, meta) of a signals artifact."""
     device = resolve_device(cfg.train.device)
     seeds = derive_seeds(cfg)
@@ -186,8 +206,10 @@ def run(cfg: Config, progress: Progress | None = None) -> tuple[dict[str, np.nda
                 progress("collecting", epoch - 1, cfg.train.epochs)
             t0 = time.perf_counter()
             probe = np.stack(
-                [[np.sort(probe_rng.choice(n, b, replace=False)) for _ in range(2)]
-                 for _ in range(cfg.collect.probe_repeats)]
+                [
+                    [np.sort(probe_rng.choice(n, b, replace=False)) for _ in range(2)]
+                    for _ in range(cfg.collect.probe_repeats)
+                ]
             )  # (R, 2, b)
             buf.probe_idx[c] = probe
             buf.lr[c] = opts[0].param_groups[0]["lr"]
@@ -258,8 +280,14 @@ class _Buffers:
 
 
 def _collect(
-    engine: GradEngine, buf: _Buffers, mi: int, c: int, x: torch.Tensor, y: torch.Tensor,
-    probe: np.ndarray, queries: tuple[torch.Tensor, torch.Tensor] | None,
+    engine: GradEngine,
+    buf: _Buffers,
+    mi: int,
+    c: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    probe: np.ndarray,
+    queries: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> None:
     r = probe.shape[0]
     vectors = []
