@@ -97,7 +97,7 @@ def _train_epoch(
     perm = torch.randperm(x.shape[0], generator=gen).to(x.device)
     for start in range(0, x.shape[0], batch):
         idx = perm[start : start + batch]
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=False)  # reusing grad buffers: fresh allocations are slow
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         loss.backward()
         opt.step()
