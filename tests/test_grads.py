@@ -308,6 +308,12 @@ def check_engine(
         assert_close(out.sqnorm, (ga * ga).sum(1), tol)
         assert_close(out.ips, v_flat @ ga.T, tol)
         assert_close(engine.gram(xa, ya, xb, yb), ga @ gb.T, tol)
+        # batches stand for their gradient sums; small batches take the Gram route
+        probes = [(xb, yb), (xb[:2], yb[:2])]
+        mixed = engine.per_sample(xa, ya, vectors[:1], batches=probes)
+        want = torch.stack([v_flat[0], gb.sum(0), gb[:2].sum(0)]) @ ga.T
+        assert_close(mixed.ips, want, tol)
+        assert_close(mixed.sqnorm, (ga * ga).sum(1), tol)
         bare = engine.per_sample(xa, ya)  # no vectors: other per-layer routes for conv
         assert bare.ips.shape == (0, xa.shape[0])
         assert_close(bare.sqnorm, (ga * ga).sum(1), tol)
@@ -323,6 +329,18 @@ def check_engine(
 @pytest.mark.parametrize("name", CASES)
 def test_matches_per_sample_autograd(name: str) -> None:
     check_engine(*case(name))
+
+
+def test_wide_linear_layers_take_the_gram_route_for_batches() -> None:
+    from fine_cli.grads.engine import _ProbeBatches
+
+    model = mlp().double()
+    x, y = torch.randn(30, 20, dtype=torch.float64), torch.randint(0, 4, (30,))
+    engine = GradEngine(model, chunk_size=8)
+    probe = _ProbeBatches(engine, [(x[:2], y[:2])])
+    cap = engine._capture(x[:8], y[:8])
+    routes = [probe.by_gram(j, f) for j, f in enumerate(cap.factors) if f is not None]
+    assert any(routes)  # 2 x (21 + 32) < 21 x 32: the first layer goes by the Gram block
 
 
 @pytest.mark.skipif(

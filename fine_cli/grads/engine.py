@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fine_cli.grads import layers
-from fine_cli.grads.factors import Factor, MaterialFactor
+from fine_cli.grads.factors import Factor, MaterialFactor, OuterFactor
 from fine_cli.grads.fallback import Fallback
 
 T = TypeVar("T")
@@ -127,18 +127,28 @@ class GradEngine:
         return total
 
     def per_sample(
-        self, x: Tensor, y: Tensor, vectors: Sequence[Sequence[Tensor]] = ()
+        self,
+        x: Tensor,
+        y: Tensor,
+        vectors: Sequence[Sequence[Tensor]] = (),
+        batches: Sequence[tuple[Tensor, Tensor]] = (),
     ) -> PerSample:
-        """Loss, margin, ``||g(z_i)||^2`` and ``<g(z_i), v_k>`` for ``n`` points.
+        """Loss, margin, ``||g(z_i)||^2`` and inner products for ``n`` points.
 
         ``x``: ``(n, ...)``, ``y``: ``(n,)``; each of the ``K`` vectors is a list shaped like
-        :meth:`batch_grad_sum`'s output. Returns ``ips`` of shape ``(K, n)``.
+        :meth:`batch_grad_sum`'s output; each of the ``L`` batches ``(xb, yb)`` stands for
+        its gradient sum ``sum_{j in batch} g(z_j)``. Returns ``ips`` of shape ``(K + L, n)``:
+        the vectors' rows first, then the batches'. A batch's inner products take, per
+        layer, the cheaper of two exact routes: through the summed vector, or through the
+        (n x batch) Gram block of the layer's factors (cheaper for wide Linear layers and
+        small batches: ``b (d_in + d_out)`` against ``d_in d_out`` flops per point).
         """
         x, y = self._inputs(x, y, "x", "y")
         vecs = self._vectors(vectors)
+        probes = [self._inputs(xb, yb, "batches.x", "batches.y") for xb, yb in batches]
         with self._eval():
             self._size(x)
-            return self._retrying(lambda: self._per_sample(x, y, vecs))
+            return self._retrying(lambda: self._per_sample(x, y, vecs, probes))
 
     def gram(self, xa: Tensor, ya: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
         """``(na, nb)`` float32 matrix of ``<g(a_i), g(b_j)>``, chunked over both sets."""
@@ -275,11 +285,14 @@ class GradEngine:
         logits = logits.detach()
         return _Capture(loss.detach(), _margin(logits, y), factors)
 
-    def _per_sample(self, x: Tensor, y: Tensor, vecs: list[list[Tensor]]) -> PerSample:
-        n = x.shape[0]
+    def _per_sample(
+        self, x: Tensor, y: Tensor, vecs: list[list[Tensor]], probes: list[tuple[Tensor, Tensor]]
+    ) -> PerSample:
+        n, k, n_b = x.shape[0], len(vecs), len(probes)
         loss, margin, sq = self._zeros(n), self._zeros(n), self._zeros(n)
-        ips = self._zeros(len(vecs), n)
-        stacked: dict[int, Tensor] = {}  # per unit: its slice of the K vectors, built once
+        ips = self._zeros(k + n_b, n)
+        probe = _ProbeBatches(self, probes) if probes else None
+        stacked: dict[int, Tensor | None] = {}  # per unit: its slice of the vectors, built once
         for s0 in range(0, n, self.chunk_size):
             s1 = min(n, s0 + self.chunk_size)
             cap = self._capture(x[s0:s1], y[s0:s1])
@@ -287,11 +300,22 @@ class GradEngine:
             for j, (u, f) in enumerate(zip(self._all_units(), cap.factors, strict=True)):
                 if f is None:
                     continue
-                if vecs and j not in stacked:
-                    stacked[j] = torch.stack([f.vector(_named(u, v)) for v in vecs])
-                s, ip = f.sqnorm_ips(stacked.get(j), self.work_bytes)
+                by_gram = probe is not None and probe.by_gram(j, f)
+                if j not in stacked:
+                    rows = list(vecs)
+                    if probe is not None and not by_gram:
+                        rows += probe.sums()
+                    stacked[j] = (
+                        torch.stack([f.vector(_named(u, v)) for v in rows]) if rows else None
+                    )
+                s, ip = f.sqnorm_ips(stacked[j], self.work_bytes)
                 sq[s0:s1] += s
-                ips[:, s0:s1] += ip
+                if by_gram:
+                    assert probe is not None
+                    ips[:k, s0:s1] += ip
+                    ips[k:, s0:s1] += probe.gram_ips(j, f)
+                else:
+                    ips[:, s0:s1] += ip
         return PerSample(loss.float(), margin.float(), sq.float(), ips.float())
 
     def _gram(self, xa: Tensor, ya: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
@@ -379,6 +403,56 @@ class GradEngine:
                 row.append(t.detach().to(p.device, p.dtype))
             out.append(row)
         return out
+
+
+class _ProbeBatches:
+    """The L probe batches of :meth:`GradEngine.per_sample`: their factors, captured once
+    for all of them together, and their gradient sums, computed only if a layer needs them.
+    """
+
+    def __init__(self, engine: GradEngine, probes: list[tuple[Tensor, Tensor]]) -> None:
+        self.engine = engine
+        self.probes = probes
+        xb = torch.cat([p[0] for p in probes])
+        yb = torch.cat([p[1] for p in probes])
+        self.capture = engine._capture(xb, yb)
+        sizes = torch.tensor([p[0].shape[0] for p in probes])
+        seg = torch.repeat_interleave(torch.arange(len(probes)), sizes)
+        # (b_total, L) 0/1: column l sums the Gram columns of batch l
+        self.segments = F.one_hot(seg, len(probes)).to(engine.params[0])
+        self.b_total = int(sizes.sum())
+        self._sums: list[list[Tensor]] | None = None
+        self._route: dict[int, bool] = {}
+
+    def sums(self) -> list[list[Tensor]]:
+        if self._sums is None:
+            self._sums = [self.engine.batch_grad_sum(xb, yb) for xb, yb in self.probes]
+        return self._sums
+
+    def by_gram(self, j: int, f: Factor) -> bool:
+        """Whether unit ``j``'s batch inner products go through its Gram block (cheaper)."""
+        if j not in self._route:
+            bf = self.capture.factors[j]
+            ok = (
+                isinstance(f, OuterFactor)
+                and isinstance(bf, OuterFactor)
+                and f.positions == 1
+                and bf.positions == 1
+            )
+            if ok:
+                assert isinstance(f, OuterFactor)
+                gram_cost = self.b_total * (f.d_in + f.d_out)
+                vector_cost = len(self.probes) * f.d_in * f.d_out
+                ok = gram_cost < vector_cost
+            self._route[j] = ok
+        return self._route[j]
+
+    def gram_ips(self, j: int, f: Factor) -> Tensor:
+        """``(L, c)``: ``<g(z_i), sum_{j in batch l} g(z_j)>`` for unit ``j``, chunk ``f``."""
+        bf = self.capture.factors[j]
+        if bf is None:  # the layer's output does not reach the batches' loss
+            return self.engine._zeros(len(self.probes), f.n)
+        return (f.gram(bf, self.engine.work_bytes) @ self.segments).T
 
 
 def _named(unit: _Unit, v: list[Tensor]) -> dict[str, Tensor]:

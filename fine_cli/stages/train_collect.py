@@ -290,21 +290,22 @@ def _collect(
     queries: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> None:
     r = probe.shape[0]
-    vectors = []
+    batches = []
     for ri in range(r):
         for k in range(2):
             idx = torch.as_tensor(probe[ri, k], device=x.device)
+            batches.append((x[idx], y[idx]))
             vec = engine.batch_grad_sum(x[idx], y[idx])
             buf.probe_sqnorm[mi, c, ri, k] = float(sum((v.double() ** 2).sum() for v in vec))
-            vectors.append(vec)
-    res = engine.per_sample(x, y, vectors)
+    # Inner products with the probe sums; the engine picks per layer the cheaper exact route.
+    res = engine.per_sample(x, y, batches=batches)
     buf.sqnorm[mi, c] = res.sqnorm.cpu().numpy()
     buf.ip[mi, c] = res.ips.reshape(r, 2, -1).cpu().numpy()
     buf.loss[mi, c] = res.loss.cpu().numpy()
     buf.margin[mi, c] = res.margin.cpu().numpy()
     if queries is not None:
         xq, yq = queries
-        tres = engine.per_sample(xq, yq, vectors)
+        tres = engine.per_sample(xq, yq, batches=batches)
         buf.test_sqnorm[mi, c] = tres.sqnorm.cpu().numpy()
         buf.test_ip[mi, c] = tres.ips.reshape(r, 2, -1).cpu().numpy()
         buf.test_loss[mi, c] = tres.loss.cpu().numpy()
