@@ -1,0 +1,308 @@
+"""`make bench`: the engine's speed and memory targets, as ratios measured in one run.
+
+Writes docs/performance.md (with the machine's description) and prints the table.
+Absolute times vary between runs on shared machines; ratios measured side by side are
+what the targets are about. `python benchmarks/bench.py --quick` runs smaller sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "performance.md"
+
+
+def mnist_sized_config(n_train: int, epochs: int, arch: str = "mlp") -> Any:
+    """Synthetic 784-feature points shaped like MNIST: the paper's MLP and optimiser."""
+    from fine_cli.config import config_from_dict
+
+    return config_from_dict(
+        {
+            "name": "bench",
+            "data": {
+                "dataset": "synthetic",
+                "test_fraction": 0.2,
+                "label_noise": 0.2,
+                "synthetic": {
+                    "n_samples": int(n_train / 0.8) + 1,
+                    "n_features": 784,
+                    "n_classes": 10,
+                    "separation": 3.0,
+                },
+            },
+            "model": {"arch": arch, "hidden": [500]},
+            "train": {"epochs": epochs, "batch_size": 100, "device": "cpu"},
+            "collect": {"mode": "self"},
+        }
+    )
+
+
+def _child(kind: str, n_train: int, epochs: int) -> None:
+    """Run in a fresh process so that peak memory (ru_maxrss) belongs to one job."""
+    from fine_cli.data import load_data
+    from fine_cli.models import build_model
+    from fine_cli.stages import train_collect as tc
+
+    cfg = mnist_sized_config(n_train, epochs)
+    if kind == "collect":
+        t0 = time.perf_counter()
+        _, meta = tc.run(cfg)
+        wall = time.perf_counter() - t0
+        timing = dict(meta["timing"], wall_s=wall)
+    else:  # the same two models, the same training loop, no collection
+        data = load_data(cfg.data)
+        seeds = tc.derive_seeds(cfg)
+        models = [
+            build_model(cfg.model, data.input_shape, data.n_classes, s)
+            for s in (seeds.main, seeds.aux)
+        ]
+        opts = [tc._optimizer(cfg, m) for m in models]
+        gens = [torch.Generator().manual_seed(s) for s in (seeds.main, seeds.aux)]
+        t0 = time.perf_counter()
+        for _ in range(epochs):
+            for m, o, g in zip(models, opts, gens):
+                tc._train_epoch(m, o, data.train.x, data.train.y, cfg.train.batch_size, g)
+        timing = {"train_s": time.perf_counter() - t0}
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"timing": timing, "peak_mib": peak_kib / 1024}))
+
+
+def _run_child(kind: str, n_train: int, epochs: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, "--n", str(n_train), "--epochs", str(epochs)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_collection(n_train: int, epochs: int) -> dict[str, Any]:
+    train_only = _run_child("train", n_train, epochs)
+    collect = _run_child("collect", n_train, epochs)
+    t = collect["timing"]
+    return {
+        "train_s": t["train_s"],
+        "collect_s": t["collect_s"],
+        "train_only_s": train_only["timing"]["train_s"],
+        # both measures of "training alone": inside the same run, and a separate process
+        "ratio": (t["train_s"] + t["collect_s"]) / t["train_s"],
+        "ratio_vs_separate": (t["train_s"] + t["collect_s"]) / train_only["timing"]["train_s"],
+        "peak_collect_mib": collect["peak_mib"],
+        "peak_train_mib": train_only["peak_mib"],
+        "memory_ratio": collect["peak_mib"] / train_only["peak_mib"],
+    }
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 500), nn.ReLU(), nn.Linear(500, 10))
+
+
+def bench_engine_vs_vmap(n: int, n_vmap: int) -> dict[str, Any]:
+    """Squared norms + 2 inner products: engine on n points vs vmap materialisation."""
+    from torch.func import functional_call, grad, vmap
+
+    from fine_cli.grads import GradEngine
+
+    model = _mlp().eval()
+    x, y = torch.randn(n, 784), torch.randint(0, 10, (n,))
+    engine = GradEngine(model)
+    vecs = [[torch.randn_like(p) for p in model.parameters()] for _ in range(2)]
+    t0 = time.perf_counter()
+    engine.per_sample(x, y, vecs)
+    engine_s = time.perf_counter() - t0
+
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    flat_v = torch.stack([torch.cat([t.reshape(-1) for t in v]) for v in vecs])
+
+    def loss_fn(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, p, (xi[None],))
+        return nn.functional.cross_entropy(out, yi[None])
+
+    per_sample_grad = vmap(grad(loss_fn), in_dims=(None, 0, 0))
+    t0 = time.perf_counter()
+    for s in range(0, n_vmap, 1000):
+        g = per_sample_grad(params, x[s : s + 1000], y[s : s + 1000])
+        flat = torch.cat([g[k].reshape(g[k].shape[0], -1) for k in params], 1)
+        (flat * flat).sum(1)
+        flat @ flat_v.T
+    vmap_s = (time.perf_counter() - t0) * n / n_vmap  # linear in n: scaled from n_vmap
+    return {"engine_s": engine_s, "vmap_s": vmap_s, "n_vmap": n_vmap, "speedup": vmap_s / engine_s}
+
+
+def bench_stage2(n_pairs: int) -> dict[str, Any]:
+    """Algorithm 2 on n_pairs of 100 + 100 samples vs one MLP training epoch on n_pairs points."""
+    from fine_cli.estimators.fine import influence_alg2
+    from fine_cli.stages import train_collect as tc
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(n_pairs, 100)), rng.normal(size=(n_pairs, 100))
+    t0 = time.perf_counter()
+    influence_alg2(x, y)
+    stage2_s = time.perf_counter() - t0
+    cfg = mnist_sized_config(n_pairs, 1)
+    model = _mlp()
+    opt = tc._optimizer(cfg, model)
+    xs, ys = torch.randn(n_pairs, 784), torch.randint(0, 10, (n_pairs,))
+    t0 = time.perf_counter()
+    tc._train_epoch(model, opt, xs, ys, 100, torch.Generator().manual_seed(0))
+    epoch_s = time.perf_counter() - t0
+    return {"stage2_s": stage2_s, "epoch_s": epoch_s, "ratio": stage2_s / epoch_s}
+
+
+def bench_resnet(n: int, batch: int) -> dict[str, Any]:
+    """ResNet-18 (CIFAR form): self-mode quantities per image vs training per image."""
+    from fine_cli.grads import GradEngine
+    from fine_cli.models.resnet import resnet18_cifar
+
+    torch.manual_seed(0)
+    model = resnet18_cifar(10)
+    opt = torch.optim.Adam(model.parameters(), lr=0.005, betas=(0.9, 0.99))
+    x, y = torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))
+    model.train()
+    t0 = time.perf_counter()
+    for s in range(0, n, batch):
+        opt.zero_grad(set_to_none=False)
+        nn.functional.cross_entropy(model(x[s : s + batch]), y[s : s + batch]).backward()
+        opt.step()
+    train_ips = n / (time.perf_counter() - t0)
+    engine = GradEngine(model, chunk_size=32)
+    probes = [(x[:batch], y[:batch]), (x[batch : 2 * batch], y[batch : 2 * batch])]
+    t0 = time.perf_counter()
+    engine.per_sample(x, y, batches=probes)  # squared norms + 2 probe inner products
+    collect_ips = n / (time.perf_counter() - t0)
+    return {
+        "train_img_s": train_ips,
+        "collect_img_s": collect_ips,
+        "ratio": collect_ips / train_ips,
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), {mem:.0f} GiB RAM, no GPU used; "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads; "
+        f"Python {platform.python_version()}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="Smaller sizes (a smoke run).")
+    ap.add_argument("--child", choices=["train", "collect"], help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, default=60_000, help=argparse.SUPPRESS)
+    ap.add_argument("--epochs", type=int, default=2, help=argparse.SUPPRESS)
+    ap.add_argument("--no-write", action="store_true", help="Print only; keep docs/ as is.")
+    args = ap.parse_args()
+    if args.child:
+        _child(args.child, args.n, args.epochs)
+        return
+    n = 6_000 if args.quick else 60_000
+    rows = []
+    print(f"machine: {machine()}", flush=True)
+    c = bench_collection(n, 1 if args.quick else 2)
+    rows.append(
+        (
+            f"train-collect (self mode, checkpoint every epoch) on {n:,} MNIST-sized points / "
+            "training the two models alone",
+            f"{c['ratio']:.2f} ({c['train_s']:.1f} s training + {c['collect_s']:.1f} s "
+            f"collection; separate training-only process: {c['train_only_s']:.1f} s, "
+            f"ratio {c['ratio_vs_separate']:.2f})",
+            "<= 1.5",
+            c["ratio"] <= 1.5,
+        )
+    )
+    print(rows[-1], flush=True)
+    e = bench_engine_vs_vmap(n, 2_000 if args.quick else 5_000)
+    rows.append(
+        (
+            "engine vs torch.func vmap materialisation, squared norms + 2 inner products, "
+            f"{n:,} MLP gradients",
+            f"{e['speedup']:.0f}x faster ({e['engine_s']:.2f} s vs {e['vmap_s']:.0f} s, vmap "
+            f"timed on {e['n_vmap']:,} points and scaled)",
+            ">= 50x",
+            e["speedup"] >= 50,
+        )
+    )
+    print(rows[-1], flush=True)
+    s = bench_stage2(n)
+    rows.append(
+        (
+            f"Stage 2 (Algorithm 2) on {n:,} pairs of 100 + 100 samples / one MLP training epoch",
+            f"{s['ratio']:.2f} ({s['stage2_s']:.2f} s vs {s['epoch_s']:.2f} s)",
+            "<= 1",
+            s["ratio"] <= 1,
+        )
+    )
+    print(rows[-1], flush=True)
+    r = bench_resnet(64 if args.quick else 256, 32)
+    rows.append(
+        (
+            "ResNet-18 (CIFAR form) self-mode quantities (norm + 2 probe inner products), img/s / "
+            "training img/s",
+            f"{r['ratio']:.2f} ({r['collect_img_s']:.1f} vs {r['train_img_s']:.1f} img/s)",
+            ">= 0.25",
+            r["ratio"] >= 0.25,
+        )
+    )
+    print(rows[-1], flush=True)
+    rows.append(
+        (
+            "peak memory of the first row / training alone",
+            f"{c['memory_ratio']:.2f} ({c['peak_collect_mib']:.0f} MiB vs "
+            f"{c['peak_train_mib']:.0f} MiB)",
+            "<= 2",
+            c["memory_ratio"] <= 2,
+        )
+    )
+    print(rows[-1], flush=True)
+    table = ["| figure | measured | target | met |", "|---|---|---|---|"]
+    table += [f"| {a} | {b} | {t} | {'yes' if ok else 'no'} |" for a, b, t, ok in rows]
+    text = "\n".join(table)
+    print(text)
+    if not args.no_write and not args.quick:
+        write_doc(text)
+
+
+def write_doc(table: str) -> None:
+    """Replace the generated section of docs/performance.md, keep the written analysis."""
+    marker_a, marker_b = "<!-- bench:start -->", "<!-- bench:end -->"
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    block = f"{marker_a}\nMeasured {stamp} on: {machine()}.\n\n{table}\n{marker_b}"
+    old = OUT.read_text() if OUT.exists() else f"# Performance\n\n{marker_a}\n{marker_b}\n"
+    if marker_a in old and marker_b in old:
+        head, rest = old.split(marker_a, 1)
+        tail = rest.split(marker_b, 1)[1]
+        new = head + block + tail
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    OUT.write_text(new)
+    print(f"-> {OUT.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
