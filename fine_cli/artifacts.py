@@ -27,13 +27,14 @@ import numpy as np
 from fine_cli.errors import FineError
 
 # Bump a kind's version whenever its arrays change meaning; readers refuse other versions.
-SCHEMA_VERSIONS = {"signals": 1, "influence": 1, "ranking": 1}
+SCHEMA_VERSIONS = {"signals": 1, "influence": 1, "ranking": 1, "truth": 1}
 META_KEY = "__meta__"
 # Which stage makes each kind, for error messages that say what to run.
 MADE_BY = {
     "signals": "fine train-collect",
     "influence": "fine estimate",
     "ranking": "fine rank",
+    "truth": "fine validate --save-truth",
 }
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from fine_cli import console
+from fine_cli.config import DEFAULT_ESTIMATOR, ESTIMATORS, EstimateConfig
 from fine_cli.errors import FineError
 
 app = typer.Typer(
@@ -34,11 +35,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 evaluate_app = typer.Typer(
-    help="Measure rankings: recall of known mislabelled points.", no_args_is_help=True
+    help="Measure rankings: recall of known mislabelled points, consistency and variability "
+    "across runs.",
+    no_args_is_help=True,
 )
 app.add_typer(evaluate_app, name="evaluate")
 
 F = TypeVar("F", bound=Callable[..., Any])
+# Defaults of the estimate options: the config schema's (one source).
+_EST = EstimateConfig()
 
 
 def handled(fn: F) -> F:
@@ -76,6 +81,9 @@ class Method(str, Enum):
     tracin = "tracin"
     grad_cos = "grad-cos"
     loss = "loss"
+    margin = "margin"
+    trak = "trak"
+    if_ = "if"
 
 
 class Fmt(str, Enum):
@@ -128,18 +136,45 @@ def train_collect(
 def estimate(
     signals: Annotated[str, typer.Argument(help="Signals .npz from train-collect ('-' = stdin).")],
     method: Annotated[Method, typer.Option(help="Influence method.")] = Method.fine,
+    estimator: Annotated[
+        str, typer.Option(help=f"f-INE estimator: {', '.join(ESTIMATORS)} (docs/statistics.md).")
+    ] = DEFAULT_ESTIMATOR,
+    checkpoints: Annotated[
+        int | None, typer.Option(min=1, help="Use only the first K checkpoints (any method).")
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option(min=0, help="f-INE: bootstrap draws for a standard error; 0 = none.")
+    ] = _EST.bootstrap,
+    permutations: Annotated[
+        int, typer.Option(min=0, help="f-INE: with/without swaps for p-values; 0 = none.")
+    ] = _EST.permutations,
+    alternative: Annotated[
+        str, typer.Option(help="f-INE p-values: two-sided, greater or less.")
+    ] = _EST.alternative,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and swap draws.")] = _EST.seed,
     output: Output = "influence.npz",
 ) -> None:
-    """Estimate the influence of every training subset (f-INE Algorithm 2, or a baseline)."""
+    """Estimate the influence of every training subset (f-INE, or a baseline)."""
     from fine_cli.artifacts import load_artifact, save_artifact
     from fine_cli.stages import estimate as stage
 
     art = load_artifact(signals, "signals", stage.SIGNALS_REQUIRED)
-    arrays, meta = stage.run(art, method.value)
+    opts = stage.EstimateOptions(
+        estimator=estimator,
+        checkpoints=checkpoints,
+        bootstrap=bootstrap,
+        permutations=permutations,
+        alternative=alternative,
+        seed=seed,
+    )
+    arrays, meta = stage.run(art, method.value, opts)
     save_artifact(output, "influence", arrays, meta)
     q, g = arrays["scores"].shape
+    what = f"fine/{estimator}" if method.value == "fine" else method.value
+    extras = [k for k in ("stderr", "pvalue") if k in arrays]
     console.info(
-        f"influence ({method.value}): {q} quer{'y' if q == 1 else 'ies'} x {g} subsets"
+        f"influence ({what}): {q} quer{'y' if q == 1 else 'ies'} x {g} subsets"
+        + (f", with {' and '.join(extras)}" if extras else "")
         + (f" -> {output}" if output != "-" else "")
     )
 
@@ -156,6 +191,10 @@ def rank(
     aggregate: Annotated[
         Agg, typer.Option(help="Test mode without --query: combine test points by this.")
     ] = Agg.mean,
+    fdr: Annotated[
+        float | None,
+        typer.Option(help="Select by Benjamini-Hochberg at this false discovery rate, e.g. 0.05."),
+    ] = None,
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="Also write ranking .npz ('-' = stdout).")
     ] = None,
@@ -165,9 +204,11 @@ def rank(
     from fine_cli.stages import rank as stage
 
     art = load_artifact(influence, "influence", stage.INFLUENCE_REQUIRED)
-    arrays, meta = stage.run(art, query, aggregate.value)
+    arrays, meta = stage.run(art, query, aggregate.value, fdr)
     if output is not None:
         save_artifact(output, "ranking", arrays, meta)
+    if fdr is not None:
+        console.info(console.fdr_line(meta["fdr"], len(arrays["order"])))
     rows = console.ranking_rows(arrays, top)
     title = f"top {len(rows)} of {len(arrays['order'])} by {meta['method']} ({meta['query']})"
     text = console.format_ranking(rows, fmt.value, title)
@@ -175,6 +216,79 @@ def rank(
         sys.stderr.write(text)
     else:
         console.write_text_stdout(text)
+
+
+@app.command()
+@handled
+def validate(
+    config: Annotated[
+        str, typer.Argument(help="YAML config of the runs to check, e.g. configs/quickstart.yaml.")
+    ],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config value, e.g. validation.models=32."),
+    ] = None,
+    models: Annotated[
+        int | None, typer.Option(min=4, help="Models on random halves; default validation.models.")
+    ] = None,
+    signals: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--signals",
+            help="Self-mode signals to score (repeatable, one per seed); "
+            "default: train-collect for each of experiment.seeds.",
+        ),
+    ] = None,
+    truth: Annotated[
+        str | None, typer.Option(help="Ground truth .npz from --save-truth, instead of retraining.")
+    ] = None,
+    save_truth: Annotated[
+        str | None, typer.Option(help="Write the ground truth (models' losses) to this .npz.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Also write the JSON report here.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Check every method against a retraining ground truth (models on random halves)."""
+    from fine_cli.artifacts import Artifact, load_artifact, save_artifact
+    from fine_cli.config import load_config
+    from fine_cli.stages import estimate as est_stage
+    from fine_cli.stages import validate as stage
+
+    overrides = (set_ or []) + ([f"validation.models={models}"] if models is not None else [])
+    cfg = load_config(config, overrides)
+    if truth is not None:
+        truth_art = load_artifact(truth, "truth", stage.TRUTH_REQUIRED)
+    else:
+        with console.epoch_progress(quiet, unit="models") as progress:
+            arrays, meta = stage.run_truth(
+                cfg, (lambda i, m: progress("ground truth", i, m)) if progress else None
+            )
+        truth_art = Artifact(kind="truth", arrays=arrays, meta=meta, source="retraining")
+        if save_truth is not None:
+            save_artifact(save_truth, "truth", arrays, meta)
+            console.info(f"ground truth -> {save_truth}")
+    if signals:
+        runs = [load_artifact(p, "signals", est_stage.SIGNALS_REQUIRED) for p in signals]
+    else:
+        with console.epoch_progress(quiet) as progress:
+            runs = stage.collect_signals(cfg, progress)
+    report = stage.run(cfg, truth_art, runs, est_stage.EstimateOptions.from_config(cfg.estimate))
+    text = json.dumps(report.to_dict(), indent=2) + "\n"
+    if output is not None:
+        _write_text(output, text)
+    console.write_text_stdout(text if as_json else console.format_validation(report))
+
+
+def _write_text(path: str, text: str) -> None:
+    from pathlib import Path
+
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise FineError(f"cannot write '{path}': directory '{target.parent}' does not exist.", 4)
+    target.write_text(text)
 
 
 @evaluate_app.command("recall")
@@ -209,6 +323,44 @@ def evaluate_recall(
         console.write_text_stdout(console.format_recall(report))
 
 
+@evaluate_app.command("tradeoff")
+@handled
+def evaluate_tradeoff(
+    signals: Annotated[str, typer.Argument(help="Signals .npz from train-collect ('-' = stdin).")],
+    subset: Annotated[
+        int, typer.Option(min=0, help="Subset position (self mode: the training point's).")
+    ],
+    plot: Annotated[str, typer.Option(help="Write the trade-off curves to this PNG.")],
+    query: Annotated[int | None, typer.Option(help="Test mode: the test point (position).")] = None,
+    estimator: Annotated[
+        str, typer.Option(help="Estimator whose G_mu curve is drawn boldest.")
+    ] = DEFAULT_ESTIMATOR,
+    checkpoints: Annotated[
+        int | None, typer.Option(min=1, help="Use only the first K checkpoints.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the curve and the mu values as JSON.")
+    ] = False,
+) -> None:
+    """Empirical type-I / type-II trade-off of one subset with the fitted G_mu curves."""
+    from fine_cli.artifacts import load_artifact
+    from fine_cli.plots import plot_tradeoff
+    from fine_cli.stages import estimate as est_stage
+    from fine_cli.stages import tradeoff as stage
+
+    if estimator not in ESTIMATORS:
+        raise FineError(f"unknown estimator '{estimator}'; choose one of {', '.join(ESTIMATORS)}.")
+    art = load_artifact(signals, "signals", est_stage.SIGNALS_REQUIRED)
+    curve = stage.run(art, subset, query, checkpoints)
+    plot_tradeoff(curve, plot, highlight=estimator)
+    console.info(f"plot -> {plot}")
+    if as_json:
+        console.write_text_stdout(json.dumps(curve.to_dict()) + "\n")
+    else:
+        mus = ", ".join(f"{k} {v:+.3f}" for k, v in curve.mu.items())
+        console.write_text_stdout(f"subset {subset}: mu by estimator: {mus}\n")
+
+
 def _parse_grid(text: str) -> list[float]:
     try:
         grid = [float(v) for v in text.split(",") if v.strip()]
@@ -217,6 +369,116 @@ def _parse_grid(text: str) -> list[float]:
     if not grid or any(not 0 <= p <= 100 for p in grid):
         raise FineError(f"--p-grid '{text}' must hold percentages between 0 and 100.")
     return grid
+
+
+RunDirs = Annotated[
+    list[str],
+    typer.Argument(
+        help="RUN directories, one per training seed, each holding ranking-<method>.npz "
+        "(as fine run writes them)."
+    ),
+]
+MethodFilter = Annotated[
+    list[str] | None,
+    typer.Option("--method", help="Only this method (repeatable); default: all in every run."),
+]
+
+
+@evaluate_app.command("consistency")
+@handled
+def evaluate_consistency(
+    runs: RunDirs,
+    method: MethodFilter = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    plot: Annotated[str | None, typer.Option(help="Write Jaccard against p to this PNG.")] = None,
+    p_grid: Annotated[
+        str | None, typer.Option(help="Comma-separated percentages; default: the config's p grid.")
+    ] = None,
+) -> None:
+    """Mean pairwise Jaccard of the top-p% sets across runs, per method (paper's Fig. 2)."""
+    _across_runs("consistency", runs, method, as_json, plot, p_grid)
+
+
+@evaluate_app.command("variability")
+@handled
+def evaluate_variability(
+    runs: RunDirs,
+    method: MethodFilter = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    plot: Annotated[str | None, typer.Option(help="Write mean CV against p to this PNG.")] = None,
+    p_grid: Annotated[
+        str | None, typer.Option(help="Comma-separated percentages; default: the config's p grid.")
+    ] = None,
+) -> None:
+    """Coefficient of variation of each score across runs, mean over the top-p% (Fig. 8)."""
+    _across_runs("variability", runs, method, as_json, plot, p_grid)
+
+
+def _across_runs(
+    measure: str,
+    runs: list[str],
+    methods: list[str] | None,
+    as_json: bool,
+    plot: str | None,
+    p_grid: str | None,
+) -> None:
+    from fine_cli.stages import evaluate as stage
+
+    grid = _parse_grid(p_grid) if p_grid else None
+    loaded = stage.load_runs(runs, methods)
+    fn = stage.run_consistency if measure == "consistency" else stage.run_variability
+    report = fn(loaded, grid, runs)
+    if plot:
+        from fine_cli.plots import save_png
+        from fine_cli.report import across_figure
+
+        label = "Jaccard of the top-p% sets" if measure == "consistency" else "mean CV"
+        save_png(across_figure(report, label, log=measure == "variability"), plot)
+        console.info(f"plot -> {plot}")
+    if as_json:
+        console.write_text_stdout(json.dumps(report.to_dict(), indent=2) + "\n")
+    else:
+        console.write_text_stdout(console.format_across(report))
+
+
+@app.command("run")
+@handled
+def run_experiment(
+    config: Annotated[
+        str, typer.Argument(help="YAML experiment config, e.g. configs/mislabel_recall.yaml.")
+    ],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config value: --set train.epochs=5 (repeatable)."),
+    ] = None,
+    out_dir: Annotated[
+        str | None,
+        typer.Option("--out-dir", help="Where the RUN directories go; default runs/<name>."),
+    ] = None,
+    report_dir: Annotated[
+        str, typer.Option("--report-dir", help="Where <name>.md and its figures go.")
+    ] = "docs/results",
+    reuse: Annotated[
+        bool, typer.Option(help="Reuse a seed's signals.npz made by the same config.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")] = False,
+) -> None:
+    """The whole experiment: every seed and method of the config, then the report."""
+    import shlex
+
+    from fine_cli.config import load_config
+    from fine_cli.report import summarize, write
+    from fine_cli.stages import experiment as stage
+
+    cfg = load_config(config, set_ or [])
+    out = out_dir or f"runs/{cfg.name}"
+    say = None if quiet else console.info
+    with console.epoch_progress(quiet) as progress:
+        result = stage.run(cfg, out, reuse, say, progress)
+    command = shlex.join(["fine", "run", config, *(f"--set={s}" for s in set_ or [])])
+    path = write(result, report_dir, command)
+    console.info(f"report -> {path}")
+    console.write_text_stdout(console.format_experiment(summarize(result)))
 
 
 def main() -> None:

@@ -17,12 +17,18 @@ from fine_cli.errors import FineError
 
 DATASETS = ("mnist", "cifar10", "mnist_embedded", "digits", "synthetic")
 ARCHS = ("mlp", "small_cnn", "resnet18_cifar")
-METHODS = ("fine", "tracin", "grad-cos", "loss")
-ESTIMATORS = ("alg2",)
+METHODS = ("fine", "tracin", "grad-cos", "loss", "margin", "trak", "if")
+# f-INE estimators (fine_cli/estimators/fine.py, docs/statistics.md); alg2 is the paper's.
+ESTIMATORS = ("alg2", "auc", "std", "paired")
+ALTERNATIVES = ("two-sided", "greater", "less")
 
 DatasetName = Literal["mnist", "cifar10", "mnist_embedded", "digits", "synthetic"]
 ArchName = Literal["mlp", "small_cnn", "resnet18_cifar"]
-MethodName = Literal["fine", "tracin", "grad-cos", "loss"]
+MethodName = Literal["fine", "tracin", "grad-cos", "loss", "margin", "trak", "if"]
+EstimatorName = Literal["alg2", "auc", "std", "paired"]
+# Chosen by evidence (docs/statistics.md).
+DEFAULT_ESTIMATOR: EstimatorName = "alg2"
+Alternative = Literal["two-sided", "greater", "less"]
 
 
 class _Closed(BaseModel):
@@ -87,6 +93,16 @@ class TestPointsConfig(_Closed):
     seed: int = Field(0, description="Seed of the random draw of test points.")
 
 
+class FeaturesConfig(_Closed):
+    proj_dim: int = Field(
+        1024, ge=1, description="Count-sketch dimension k of the projected gradients."
+    )
+    seed: int = Field(0, description="Seed of the sketch hashes (the same for every run seed).")
+    extra_models: int = Field(
+        0, ge=0, description="Models trained only for TRAK's ensemble, beside main and aux."
+    )
+
+
 class CollectConfig(_Closed):
     mode: Literal["self", "test"] = Field(
         "self", description="self: each training point its own test point; test: test points."
@@ -105,11 +121,30 @@ class CollectConfig(_Closed):
         None, description="JSON/NPZ file of training-index groups (test mode); null = singletons."
     )
     chunk_size: int = Field(2048, ge=1, description="Points per engine call (memory vs speed).")
+    features: FeaturesConfig = Field(
+        default_factory=FeaturesConfig,
+        description="Projected gradients for trak / if, collected only when methods list them.",
+    )
 
 
 class EstimateConfig(_Closed):
     method: MethodName = Field("fine", description="Default method of `fine estimate`.")
-    estimator: Literal["alg2"] = Field("alg2", description="f-INE estimator (Algorithm 2).")
+    estimator: EstimatorName = Field(
+        DEFAULT_ESTIMATOR, description="f-INE estimator from samples to mu (docs/statistics.md)."
+    )
+    checkpoints: int | None = Field(
+        None, ge=1, description="Use only the first K checkpoints (every method); null = all."
+    )
+    bootstrap: int = Field(
+        200, ge=0, description="Block-bootstrap draws for each f-INE score's standard error."
+    )
+    permutations: int = Field(
+        999, ge=0, description="Within-checkpoint with/without swaps for f-INE p-values."
+    )
+    alternative: Alternative = Field(
+        "two-sided", description="Side of the permutation test: two-sided, greater or less."
+    )
+    seed: int = Field(0, description="Seed of the bootstrap and permutation draws.")
 
 
 class EvaluateConfig(_Closed):
@@ -132,6 +167,14 @@ class ExperimentConfig(_Closed):
     )
 
 
+class ValidateConfig(_Closed):
+    models: int = Field(64, ge=4, description="Models trained on random halves (even number).")
+    seed: int = Field(0, description="Seed of the halves and of those models' training.")
+    jaccard_p: float = Field(
+        20.0, gt=0, le=100, description="Top-p% whose Jaccard across seeds is reported."
+    )
+
+
 class Config(_Closed):
     name: str = Field("experiment", description="Name written into artifacts and reports.")
     seed: int = Field(0, description="Training seed: model inits, shuffling, probe batches.")
@@ -143,6 +186,9 @@ class Config(_Closed):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Metrics.")
     experiment: ExperimentConfig = Field(
         default_factory=ExperimentConfig, description="Multi-seed experiment."
+    )
+    validation: ValidateConfig = Field(
+        default_factory=ValidateConfig, description="Retraining ground truth (fine validate)."
     )
 
 

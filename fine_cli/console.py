@@ -34,8 +34,8 @@ def error(msg: str) -> None:
 
 
 @contextmanager
-def epoch_progress(quiet: bool = False) -> Iterator[Any]:
-    """A progress bar over epochs with an ETA; yields a callback(phase, done, total)."""
+def epoch_progress(quiet: bool = False, unit: str = "epochs") -> Iterator[Any]:
+    """A progress bar over epochs (or ``unit``) with an ETA; yields callback(phase, done, total)."""
     if quiet:
         yield None
         return
@@ -43,7 +43,7 @@ def epoch_progress(quiet: bool = False) -> Iterator[Any]:
         TextColumn("[bold]{task.description:<11}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("epochs"),
+        TextColumn(unit),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
@@ -76,9 +76,18 @@ def ranking_rows(arrays: dict[str, np.ndarray], top: int | None) -> list[dict[st
             "label": int(arrays["label"][i]),
             "score": float(arrays["score"][i]),
             "flipped": bool(arrays["is_flipped"][i]),
+            **{c: _cell(arrays[c][i]) for c in RANKING_EXTRAS if c in arrays},
         }
         for i in range(k)
     ]
+
+
+# Columns a ranking has when its influence file carried them (f-INE statistics).
+RANKING_EXTRAS = ("stderr", "pvalue", "qvalue", "selected")
+
+
+def _cell(v: Any) -> float | bool:
+    return bool(v) if isinstance(v, (bool, np.bool_)) else float(v)
 
 
 def format_ranking(rows: list[dict[str, Any]], fmt: str, title: str) -> str:
@@ -87,12 +96,14 @@ def format_ranking(rows: list[dict[str, Any]], fmt: str, title: str) -> str:
     if fmt == "csv":
         buf = io.StringIO()
         fields = ["rank", "subset", "train_index", "label", "score", "flipped"]
+        fields += [c for c in RANKING_EXTRAS if rows and c in rows[0]]
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         return buf.getvalue()
     table = Table(title=title)
-    for col in ("rank", "train_index", "label", "score", "flipped"):
+    extras = [c for c in RANKING_EXTRAS if rows and c in rows[0]]
+    for col in ("rank", "train_index", "label", "score", *extras, "flipped"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(
@@ -100,11 +111,25 @@ def format_ranking(rows: list[dict[str, Any]], fmt: str, title: str) -> str:
             str(r["train_index"]) if r["train_index"] >= 0 else f"group {r['subset']}",
             str(r["label"]) if r["label"] >= 0 else "-",
             f"{r['score']:.4g}",
+            *(("yes" if r[c] else "") if c == "selected" else f"{r[c]:.3g}" for c in extras),
             "yes" if r["flipped"] else "",
         )
     out = Console(file=io.StringIO(), width=100, force_terminal=sys.stdout.isatty())
     out.print(table)
     return out.file.getvalue()  # type: ignore[attr-defined]
+
+
+def fdr_line(fdr: dict[str, Any], n: int) -> str:
+    """One sentence on a Benjamini-Hochberg selection (rank's meta["fdr"])."""
+    side = f", {fdr['alternative']} p-values" if fdr.get("alternative") else ""
+    text = f"selected {fdr['selected']} of {n} at FDR {fdr['q']:g} (Benjamini-Hochberg{side})"
+    floor = fdr.get("min_selectable")
+    if floor and floor > 1:
+        text += (
+            f"; with these permutation p-values BH selects nothing unless at least {floor} "
+            "subsets qualify (raise --permutations for finer p-values)"
+        )
+    return text
 
 
 # Recall columns shown in the table when the grid is long (JSON always has all of them).
@@ -144,6 +169,106 @@ def format_recall(report: Any) -> str:
         f"[dim]{first.ideal_area:.3f}[/]",
         *(f"[dim]{ideal[p]:.3f}[/]" for p in shown),
     )
+    out = Console(file=io.StringIO(), width=120, force_terminal=sys.stdout.isatty())
+    out.print(table)
+    return out.file.getvalue()  # type: ignore[attr-defined]
+
+
+def format_validation(report: Any) -> str:
+    """Rich table of a ValidateReport: one row per method, means over seeds."""
+    t = report.truth
+    title = (
+        f"against retraining ({report.n_models} models on halves; n={report.n_train}, "
+        f"{report.n_flipped} flipped; {len(report.seeds)} seed(s))"
+    )
+    table = Table(title=title)
+    table.add_column("method")
+    for col in ("rho mu_true", "rho mu_lira", "rho mean diff", "AUROC"):
+        table.add_column(col, justify="right")
+    table.add_column(f"Jaccard@{report.jaccard_p:g}%", justify="right")
+
+    def num(v: float | None) -> str:
+        return "-" if v is None or v != v else f"{v:.3f}"
+
+    for m in report.methods:
+        s = m.summary()
+        table.add_row(
+            m.label,
+            num(s["spearman_mu"]),
+            num(s["spearman_lira"]),
+            num(s["spearman_mean_diff"]),
+            num(s["auroc"]),
+            num(s["jaccard"]),
+        )
+    table.add_row(
+        "[dim]truth mu_true[/]", "[dim]1.000[/]", "", "", f"[dim]{num(t['auroc_mu_true'])}[/]", ""
+    )
+    out = Console(file=io.StringIO(), width=120, force_terminal=sys.stdout.isatty())
+    out.print(table)
+    out.print(
+        f"truth: {100 * t['share_at_cap']:.1f}% of points at the AUC cap "
+        f"(mu_true = {t['mu_true_cap']:.2f}); mean mu_true flipped "
+        f"{t['mean_mu_true_flipped']:.2f}, clean {t['mean_mu_true_clean']:.2f}; "
+        f"Spearman(mu_true, mu_lira) {t['spearman_mu_true_lira']:.3f}",
+        soft_wrap=True,
+    )
+    return out.file.getvalue()  # type: ignore[attr-defined]
+
+
+# Columns of the across-runs tables when the grid is long (JSON always has all of them).
+ACROSS_P = (5.0, 10.0, 20.0, 30.0, 50.0, 100.0)
+
+
+def format_across(report: Any) -> str:
+    """Rich table of an AcrossRunsReport (consistency or variability): one row per method."""
+    grid = list(report.methods[0].p_grid)
+    shown = [p for p in grid if p in ACROSS_P] if len(grid) > 8 else grid
+    shown = shown or grid[:6]
+    what = "Jaccard of top-p% sets" if report.measure == "consistency" else "mean CV over top-p%"
+    table = Table(title=f"{report.measure} across {len(report.run_dirs)} runs ({what})")
+    table.add_column("method")
+    for p in shown:
+        table.add_column(f"{p:g}%", justify="right")
+    for m in report.methods:
+        table.add_row(m.method, *(_across_cell(m.at(p)) for p in shown))
+    out = Console(file=io.StringIO(), width=120, force_terminal=sys.stdout.isatty())
+    out.print(table)
+    return out.file.getvalue()  # type: ignore[attr-defined]
+
+
+def _across_cell(v: float) -> str:
+    if v != v:
+        return "n/a"
+    if v in (float("inf"), float("-inf")):
+        return "inf"
+    return f"{v:.3f}" if abs(v) < 1e4 else f"{v:.3g}"
+
+
+def format_experiment(summary: dict[str, Any], p: float = 20.0) -> str:
+    """Rich table of a `fine run` summary: one row per method, over seeds."""
+    seeds = summary["seeds"]
+    table = Table(title=f"{summary['name']}: {len(seeds)} seeds {seeds}")
+    table.add_column("method")
+    for col in ("AUROC", "recall area", f"Jaccard@{p:g}%", f"CV@{p:g}%", "time (s)"):
+        table.add_column(col, justify="right")
+
+    def pm(ms: Any) -> str:
+        mean, sd = ms
+        return "n/a" if mean != mean else f"{mean:.3f} ± {sd:.3f}"
+
+    for method, s in summary["methods"].items():
+        at = {
+            key: dict(zip(s[key]["p_grid"], s[key]["values"])).get(p, float("nan"))
+            for key in ("consistency", "variability")
+        }
+        table.add_row(
+            method,
+            pm(s["auroc"]),
+            pm(s["area"]),
+            _across_cell(at["consistency"]),
+            _across_cell(at["variability"]),
+            f"{s['time']['total'][0]:.1f}",
+        )
     out = Console(file=io.StringIO(), width=120, force_terminal=sys.stdout.isatty())
     out.print(table)
     return out.file.getvalue()  # type: ignore[attr-defined]

@@ -11,12 +11,17 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fine_cli.errors import FineError
 from fine_cli.stages.evaluate import RecallReport
+
+if TYPE_CHECKING:
+    from fine_cli.stages.tradeoff import TradeoffCurve
 
 _DPI = 120
 _SIZE_IN = (7.0, 5.0)
@@ -96,3 +101,46 @@ def save_png(fig: Figure, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def plot_tradeoff(curve: TradeoffCurve, path: str | Path, highlight: str | None = None) -> Path:
+    """The empirical type-I / type-II curve of one subset, the fitted G_mu curve of every
+    estimator (``highlight`` drawn boldest) and the no-influence diagonal, saved as PNG."""
+    from fine_cli.stages.tradeoff import gaussian_tradeoff
+
+    fig = Figure(figsize=(5.5, 5.5), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(
+        curve.alpha,
+        curve.beta,
+        color="black",
+        marker="o",
+        markersize=2.5,
+        linewidth=1.6,
+        label=f"empirical (N = {curve.n_samples} per side)",
+    )
+    grid = np.linspace(0.0, 1.0, 401)
+    for name, mu in curve.mu.items():
+        bold = name == highlight
+        ax.plot(
+            grid,
+            gaussian_tradeoff(grid, mu),
+            linewidth=2.2 if bold else 1.2,
+            linestyle="-" if bold else "--",
+            label=f"G_mu, {name}: mu = {mu:+.2f}",
+        )
+    ax.plot([0, 1], [1, 0], color="gray", linestyle=":", linewidth=1.0, label="no influence")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("type-I error alpha")
+    ax.set_ylabel("type-II error beta")
+    who = f"training point {curve.train_index}" if curve.train_index >= 0 else "subset"
+    flip = ", flipped" if curve.flipped else ""
+    query = "self" if curve.query is None else f"test point {curve.query}"
+    ax.set_title(f"Trade-off: {who} (#{curve.subset}{flip}), {query}", fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize="small")
+    fig.tight_layout()
+    return save_png(fig, path)

@@ -21,8 +21,10 @@ TINY = {
     },
     "model": {"arch": "mlp", "hidden": [16]},
     "train": {"epochs": 4, "batch_size": 25, "lr": 0.01, "device": "cpu"},
-    "collect": {"mode": "self", "probe_repeats": 2},
+    "collect": {"mode": "self", "probe_repeats": 2, "features": {"proj_dim": 16}},
     "evaluate": {"p_grid": [0, 10, 20, 30, 50, 100]},
+    # every method, so that the tiny signals carry trak / if features too
+    "experiment": {"methods": ["fine", "tracin", "grad-cos", "loss", "margin", "trak", "if"]},
 }
 
 

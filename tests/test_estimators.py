@@ -109,11 +109,17 @@ def _signals_from_gradients(
         probe_sqnorm=np.einsum("mcrkd,mcrkd->mcrk", sums, sums),
         loss=np.zeros(g.shape[:3]),
         margin=np.zeros(g.shape[:3]),
+        # trak / if features: the last checkpoint's gradients stand in for the sketches
+        proj_grad=g[:, -1],
+        one_minus_p=np.full((g.shape[0], g.shape[2]), 0.5),
+        ggn=g[0, -1].T @ g[0, -1] / g.shape[2],
     )
     if tg is not None:
         sig.test_ip = np.einsum("mcqd,mcrkd->mcrkq", tg, sums)
         sig.test_sqnorm = np.einsum("mcqd,mcqd->mcq", tg, tg)
         sig.gram = np.einsum("mcqd,mcnd->mcqn", tg, g)
+        sig.test_proj_grad = tg[:, -1]
+        sig.test_one_minus_p = np.full((tg.shape[0], tg.shape[2]), 0.5)
     return sig
 
 

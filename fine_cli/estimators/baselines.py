@@ -8,6 +8,9 @@
   -cos(g_c(z), sum_{j in B \\ {z}} g_c(z_j)) over both probe batches (docs/DECISIONS.md).
 - loss: the main model's loss of the subset's members at the last checkpoint (mean over
   members); the same for every query.
+- margin: minus the main model's margin (true-class logit minus the best other logit) at
+  the last checkpoint, mean over members; the same for every query. A point the model
+  fits against its label has a negative margin, hence a high score.
 Signs: larger = more influential (self mode: more suspicious), as for f-INE.
 """
 
@@ -72,9 +75,19 @@ def _self_disagreement(sig: Signals) -> np.ndarray:
 
 def loss(sig: Signals, queries: slice | None = None) -> np.ndarray:
     """(q, G) last-checkpoint training loss of each subset (mean over members)."""
+    return _last_checkpoint_mean(sig, sig.loss[MAIN, -1], queries)
+
+
+def margin(sig: Signals, queries: slice | None = None) -> np.ndarray:
+    """(q, G) minus the last-checkpoint margin of each subset (mean over members)."""
+    return _last_checkpoint_mean(sig, -sig.margin[MAIN, -1].astype(np.float64), queries)
+
+
+def _last_checkpoint_mean(sig: Signals, per_point: np.ndarray, queries: slice | None) -> np.ndarray:
+    """(q, G): the mean of ``per_point`` ``(n,)`` over each subset, the same for every query."""
     ptr, members = sig.groups()
     mem = membership(ptr, members, sig.n_train)
-    per_point = sig.loss[MAIN, -1].astype(np.float64)
-    scores = _times(per_point[None, :], mem) / np.diff(ptr).astype(np.float64)
+    values = per_point.astype(np.float64)[None, :]
+    scores = _times(values, mem) / np.diff(ptr).astype(np.float64)
     n_q = 1 if sig.mode == "self" else len(range(sig.n_queries)[queries or slice(None)])
     return np.repeat(scores, n_q, axis=0)

@@ -14,6 +14,8 @@ threshold's counts come from a batched binary search.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -96,3 +98,88 @@ def max_abs_mu(n_x: int, n_y: int) -> float:
 
     (_, a_hi), (_, b_hi) = clip_bounds(n_x, n_y)
     return float(norm.ppf(a_hi) + norm.ppf(b_hi))
+
+
+# ---- estimators beside Algorithm 2 (docs/statistics.md compares them) ------------------
+# Every estimator maps samples x = O~ (with S) and y = O~' (without S), each (P, N) with
+# N = C*R ordered checkpoint-major (sample j belongs to checkpoint j // R), to (P,)
+# influence in the project's sign: positive = S helps the test point.
+
+# A row whose samples do not vary has no scale; its standardised difference is 0 when the
+# means agree. SCALE_TINY keeps the division finite whatever the units of the signals.
+SCALE_REL = 1e-12
+SCALE_TINY = 1e-300
+
+
+def auc_with(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(P,) AUC = P(X > Y) + P(X = Y) / 2 per row, x (P, Nx), y (P, Ny): the Mann-Whitney
+    statistic, by a batched search of every x value in the sorted y."""
+    x_t = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float64)
+    ys, _ = torch.sort(torch.as_tensor(np.ascontiguousarray(y), dtype=torch.float64), dim=1)
+    below = torch.searchsorted(ys, x_t, right=False)  # #(Y < x)
+    upto = torch.searchsorted(ys, x_t, right=True)  # #(Y <= x)
+    wins = (below + upto).to(torch.float64).sum(dim=1) / 2.0
+    return (wins / (x.shape[1] * y.shape[1])).numpy()
+
+
+def influence_auc(x: np.ndarray, y: np.ndarray, r: int = 1) -> np.ndarray:
+    """(P,) mu = sqrt(2) * Phi^-1(AUC): exact under G_mu when X ~ N(mu, 1), Y ~ N(0, 1).
+
+    The AUC is clipped to [1/(2 Nx Ny), 1 - 1/(2 Nx Ny)] (half its resolution) so that
+    perfectly separated samples get a finite mu.
+    """
+    del r  # pooled over checkpoints
+    pairs = x.shape[1] * y.shape[1]
+    auc = np.clip(auc_with(x, y), 0.5 / pairs, 1.0 - 0.5 / pairs)
+    return np.sqrt(2.0) * torch.special.ndtri(torch.as_tensor(auc)).numpy()
+
+
+def _safe_ratio(num: np.ndarray, scale: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """num / scale with scale floored relative to the magnitude ``ref`` of the row."""
+    return num / np.maximum(scale, SCALE_REL * ref + SCALE_TINY)
+
+
+def influence_std(x: np.ndarray, y: np.ndarray, r: int = 1) -> np.ndarray:
+    """(P,) standardised mean difference (mean X - mean Y) / pooled sd (ddof 1 each)."""
+    del r
+    diff = x.mean(axis=1) - y.mean(axis=1)
+    pooled = np.sqrt((x.var(axis=1, ddof=1) + y.var(axis=1, ddof=1)) / 2.0)
+    ref = np.maximum(np.abs(x).max(axis=1), np.abs(y).max(axis=1))
+    return _safe_ratio(diff, pooled, ref)
+
+
+def influence_paired(x: np.ndarray, y: np.ndarray, r: int = 1) -> np.ndarray:
+    """(P,) sqrt(2) * mean(D) / sd(D) of the paired differences D = X - Y = O - O'.
+
+    O_hat is common to a pair and cancels, so D is the with/without contrast of one probe
+    pair alone. The factor sqrt(2) gives the same scale as ``std`` when X and Y are
+    independent with equal variances.
+    """
+    del r
+    d = x - y
+    ref = np.abs(d).max(axis=1)
+    return np.sqrt(2.0) * _safe_ratio(d.mean(axis=1), d.std(axis=1, ddof=1), ref)
+
+
+EstimatorFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+
+def _alg2(x: np.ndarray, y: np.ndarray, r: int = 1) -> np.ndarray:
+    del r
+    return influence_alg2(x, y)
+
+
+# name -> (x (P, N), y (P, N), R) -> (P,) influence. Names and the default live in
+# fine_cli.config (ESTIMATORS, DEFAULT_ESTIMATOR), shared with the CLI help.
+ESTIMATOR_FNS: dict[str, EstimatorFn] = {
+    "alg2": _alg2,
+    "auc": influence_auc,
+    "std": influence_std,
+    "paired": influence_paired,
+}
+ESTIMATOR_DESCRIPTIONS = {
+    "alg2": "Algorithm 2: the largest |mu_t| over thresholds (the paper's; biased away from 0)",
+    "auc": "sqrt(2) * Phi^-1(P(X > Y)): unbiased under G_mu, rank-based",
+    "std": "(mean X - mean Y) / pooled sd",
+    "paired": "sqrt(2) * mean(D) / sd(D), D = X - Y = O - O' per probe pair",
+}

@@ -37,6 +37,12 @@ class Signals:
     gram: np.ndarray | None = None  # (M, C, m, n)
     group_ptr: np.ndarray | None = None  # (G+1,)
     group_members: np.ndarray | None = None  # (total,)
+    # Projected features at the last checkpoint (trak, if; fine_cli/features.py), E models:
+    proj_grad: np.ndarray | None = None  # (E, n, k) sketch of grad log(p / (1 - p))
+    one_minus_p: np.ndarray | None = None  # (E, n)
+    ggn: np.ndarray | None = None  # (k, k) main model's Gauss-Newton curvature, sketched
+    test_proj_grad: np.ndarray | None = None  # (E, m, k)
+    test_one_minus_p: np.ndarray | None = None  # (E, m)
 
     @property
     def n_train(self) -> int:
@@ -143,4 +149,62 @@ def query_samples(sig: Signals, queries: slice | None = None) -> tuple[np.ndarra
     c, r, q, g = o.shape
     x = (o - o_hat).reshape(c * r, q, g).transpose(1, 2, 0)  # (q, G, C*R)
     y = (o_prime - o_hat).reshape(c * r, q, g).transpose(1, 2, 0)
+    return x, y
+
+
+def first_checkpoints(sig: Signals, k: int) -> Signals:
+    """The same signals restricted to the first k checkpoints (every per-checkpoint array)."""
+    if not 1 <= k <= sig.n_checkpoints:
+        raise ValueError(f"k must lie in [1, {sig.n_checkpoints}], got {k}")
+    c = slice(0, k)
+
+    def cut(a: np.ndarray | None, axis: int) -> np.ndarray | None:
+        if a is None:
+            return None
+        index: list[slice] = [slice(None)] * a.ndim
+        index[axis] = c
+        return a[tuple(index)]
+
+    return Signals(
+        mode=sig.mode,
+        lr=sig.lr[c],
+        probe_idx=sig.probe_idx[c],
+        sqnorm=sig.sqnorm[:, c],
+        ip=sig.ip[:, c],
+        probe_sqnorm=sig.probe_sqnorm[:, c],
+        loss=sig.loss[:, c],
+        margin=sig.margin[:, c],
+        test_ip=cut(sig.test_ip, 1),
+        test_sqnorm=cut(sig.test_sqnorm, 1),
+        gram=cut(sig.gram, 1),
+        group_ptr=sig.group_ptr,
+        group_members=sig.group_members,
+        # trak / if features are taken after the last epoch; they have no checkpoint axis
+        proj_grad=sig.proj_grad,
+        one_minus_p=sig.one_minus_p,
+        ggn=sig.ggn,
+        test_proj_grad=sig.test_proj_grad,
+        test_one_minus_p=sig.test_one_minus_p,
+    )
+
+
+def self_null_samples(sig: Signals) -> tuple[np.ndarray, np.ndarray]:
+    """Self mode with S's own term left out of O and O_hat: X, Y (n, C*R) float64.
+
+    Then both sides are "without S" (B \\ S against B' \\ S, with O_hat on B \\ S), so every
+    point has no effect by construction: real signals on which a test must not reject,
+    the calibration data of docs/statistics.md.
+    """
+    b = float(sig.probe_idx.shape[-1])
+    k = sig.probe_counts()  # (C, R, 2, n)
+    sq = sig.sqnorm.astype(np.float64)[:, :, None, :]  # (M, C, 1, n)
+    ip = sig.ip.astype(np.float64)  # (M, C, R, 2, n)
+
+    def without_s(m: int, side: int) -> np.ndarray:  # (C, R, n)
+        k_side = k[:, :, side]
+        return (ip[m, :, :, side] - k_side * sq[m]) / np.maximum(b - k_side, 1.0)
+
+    o_hat = without_s(AUX, B)
+    x = (without_s(MAIN, B) - o_hat).reshape(-1, sig.n_train).T  # (n, C*R)
+    y = (without_s(MAIN, B_PRIME) - o_hat).reshape(-1, sig.n_train).T
     return x, y

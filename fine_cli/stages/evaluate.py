@@ -1,14 +1,23 @@
-"""``fine evaluate recall``: how well rankings find the flipped training labels.
+"""``fine evaluate recall | consistency | variability``: how good and how stable rankings are.
+
+Recall (one ranking per method):
 
 For each ranking file (``fine rank``), the recall of flipped points among the top-p%
 at each p of the grid, the normalised area under that recall curve next to the area of
 the ideal ranking, and AUROC / AUPRC of the ranking's scores against ``is_flipped``.
 Returns a :class:`RecallReport`; printing and plotting are the caller's.
+
+Across runs (several RUN directories, one per training seed, each holding
+``ranking-<method>.npz``): the consistency of the top-p% sets (mean pairwise Jaccard,
+the paper's Fig. 2) and the variability of each entry's score (mean coefficient of
+variation over the top-p%, Fig. 8), per method; an :class:`AcrossRunsReport`.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -214,3 +223,221 @@ def _labels(rankings: list[Artifact]) -> list[str]:
         seen[lab] += 1
         unique.append(lab if total[lab] == 1 else f"{lab} #{seen[lab]}")
     return unique
+
+
+# ---- across runs: consistency (Fig. 2) and variability (Fig. 8) -------------------------
+
+# A RUN directory's rankings: ranking-<method>.npz.
+RANKING_PREFIX, RANKING_SUFFIX = "ranking-", ".npz"
+
+
+@dataclass
+class MethodAcrossRuns:
+    """One method's measure at each p of the grid, over ``runs`` runs."""
+
+    method: str
+    runs: int
+    n: int  # ranked entries per run
+    p_grid: list[float]  # (P,) percentages, p > 0
+    values: list[float]  # (P,) mean pairwise Jaccard, or mean coefficient of variation
+
+    def at(self, p: float) -> float:
+        """The value at ``p`` of the grid (NaN when ``p`` is not on it)."""
+        return dict(zip(self.p_grid, self.values)).get(float(p), float("nan"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _json_safe(v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class AcrossRunsReport:
+    """Consistency or variability of every method, in the order of ``methods``."""
+
+    measure: str  # "consistency" or "variability"
+    run_dirs: list[str]  # (runs,) the RUN directories, as given
+    methods: list[MethodAcrossRuns]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "measure": self.measure,
+            "runs": list(self.run_dirs),
+            "methods": [m.to_dict() for m in self.methods],
+        }
+
+
+def load_runs(run_dirs: list[str], methods: list[str] | None = None) -> dict[str, list[Artifact]]:
+    """The rankings of each method in each RUN directory: ``{method: [ranking per run]}``.
+
+    A RUN is a directory holding one training run's rankings, named
+    ``ranking-<method>.npz`` (as ``fine run`` and ``make demo`` write them). Without
+    ``methods``, every method whose ranking is in all runs is taken.
+
+    Raises:
+        FineError: fewer than two runs, a run given twice, a path that is not a
+            directory, a method missing from a run, or no method common to all runs.
+    """
+    if len(run_dirs) < 2:
+        raise FineError(
+            f"got {len(run_dirs)} run directory; comparing runs needs at least two "
+            "(e.g. runs/mislabel_recall/seed-0 runs/mislabel_recall/seed-1).",
+            2,
+        )
+    resolved = [Path(d).resolve() for d in run_dirs]
+    for d, r in zip(run_dirs, resolved, strict=True):
+        if not r.is_dir():
+            what = "does not exist" if not r.exists() else "is not a directory"
+            raise FineError(
+                f"run '{d}' {what}; pass directories holding ranking-<method>.npz files "
+                "(one per training run, as fine run writes them).",
+                3,
+            )
+    dupes = [d for d, r in zip(run_dirs, resolved, strict=True) if resolved.count(r) > 1]
+    if dupes:
+        raise FineError(f"run '{dupes[0]}' is given twice; pass each run once.", 2)
+    found = [_methods_in(r) for r in resolved]
+    if methods:
+        for d, have in zip(run_dirs, found, strict=True):
+            lacking = [m for m in methods if m not in have]
+            if lacking:
+                raise FineError(
+                    f"run '{d}' has no ranking-{lacking[0]}.npz; rank that method there "
+                    "(fine estimate, fine rank) or leave it out of --method.",
+                    3,
+                )
+        chosen = list(dict.fromkeys(methods))
+    else:
+        common = set.intersection(*found)
+        if not common:
+            raise FineError(
+                "the runs have no ranking-<method>.npz in common; rank the same methods in "
+                "every run.",
+                3,
+            )
+        chosen = sorted(common, key=_method_order)
+    return {
+        m: [load_artifact(str(r / f"ranking-{m}.npz"), "ranking", RANKING_ARRAYS) for r in resolved]
+        for m in chosen
+    }
+
+
+def _methods_in(run: Path) -> set[str]:
+    pattern = f"{RANKING_PREFIX}*{RANKING_SUFFIX}"
+    return {p.name[len(RANKING_PREFIX) : -len(RANKING_SUFFIX)] for p in run.glob(pattern)}
+
+
+def _method_order(method: str) -> tuple[int, str]:
+    from fine_cli.estimators import METHODS
+
+    names = list(METHODS)
+    return (names.index(method) if method in names else len(names), method)
+
+
+def run_consistency(
+    runs: dict[str, list[Artifact]], p_grid: list[float] | None = None, run_dirs: Sequence[str] = ()
+) -> AcrossRunsReport:
+    """Mean pairwise Jaccard of the top-p% sets across runs, per method (the paper's
+    consistency score, Section 1 and Fig. 2): 1 = the same top set in every run."""
+
+    def measure(orders: list[np.ndarray], scores: np.ndarray, p: float) -> float:
+        return metrics.jaccard_consistency(orders, p)
+
+    return _across(runs, p_grid, list(run_dirs), "consistency", measure)
+
+
+def run_variability(
+    runs: dict[str, list[Artifact]], p_grid: list[float] | None = None, run_dirs: Sequence[str] = ()
+) -> AcrossRunsReport:
+    """Mean coefficient of variation across runs of each entry's score, over the top-p%
+    (Fig. 8): std over runs / |mean over runs| per entry (population std), averaged over
+    the top-p% of the entries ranked by their mean score across runs. Lower = steadier."""
+
+    def measure(orders: list[np.ndarray], scores: np.ndarray, p: float) -> float:
+        consensus = np.argsort(-scores.mean(axis=0), kind="stable")
+        top = consensus[: metrics.top_k(p, consensus.size)]
+        return metrics.coefficient_of_variation(scores, top)
+
+    return _across(runs, p_grid, list(run_dirs), "variability", measure)
+
+
+def _across(
+    runs: dict[str, list[Artifact]],
+    p_grid: list[float] | None,
+    run_dirs: list[str],
+    measure: str,
+    fn: Any,
+) -> AcrossRunsReport:
+    if not runs:
+        raise FineError("no method to compare across runs.", 2)
+    if p_grid is not None:
+        _check_grid(p_grid, "p_grid")
+    out = []
+    for method, arts in runs.items():
+        orders, scores = _aligned(method, arts)
+        grid = p_grid if p_grid is not None else _grid_of(arts[0], method)
+        grid = [float(p) for p in grid if p > 0]
+        if not grid:
+            raise FineError("the p grid holds only 0; give percentages above 0.", 2)
+        values = [fn(orders, scores, p) for p in grid]
+        out.append(MethodAcrossRuns(method, len(arts), int(scores.shape[1]), grid, values))
+    return AcrossRunsReport(measure=measure, run_dirs=run_dirs, methods=out)
+
+
+def _aligned(method: str, arts: list[Artifact]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per run, the ranking's subset positions best first ``(G,)``, and scores
+    ``(runs, G)`` indexed by subset position; refuses runs that cannot be compared."""
+    if len(arts) < 2:
+        raise FineError(f"method '{method}' has a ranking in {len(arts)} run only; need 2+.", 2)
+    orders, scores = [], []
+    first = arts[0]
+    for art in arts:
+        label = f"{method} ({art.source})"
+        check_shape(art, "order", (None,))
+        g = int(art["order"].shape[0])
+        check_shape(art, "score", (g,))
+        require_finite(art, ("score",))
+        order = np.asarray(art["order"], dtype=np.int64)
+        if g != first["order"].shape[0] or not np.array_equal(np.sort(order), np.arange(g)):
+            raise FineError(
+                f"ranking '{label}' does not rank the same {first['order'].shape[0]} subsets as "
+                f"'{first.source}'; compare runs trained on the same data.",
+                3,
+            )
+        if "train_index" in art and "train_index" in first:
+            same = np.array_equal(
+                np.asarray(art["train_index"])[np.argsort(order)],
+                np.asarray(first["train_index"])[np.argsort(first["order"])],
+            )
+            if not same:
+                raise FineError(
+                    f"ranking '{label}' ranks other training points than '{first.source}'; "
+                    "compare runs trained on the same data (same data.* settings).",
+                    3,
+                )
+        if art.meta.get("query") != first.meta.get("query"):
+            raise FineError(
+                f"ranking '{label}' ranks for query {art.meta.get('query')!r} but "
+                f"'{first.source}' for {first.meta.get('query')!r}; rank every run the same way.",
+                3,
+            )
+        per_subset = np.empty(g, dtype=np.float64)
+        per_subset[order] = np.asarray(art["score"], dtype=np.float64)
+        orders.append(order)
+        scores.append(per_subset)
+    _refuse_same_seed(method, arts)
+    return orders, np.stack(scores)
+
+
+def _refuse_same_seed(method: str, arts: list[Artifact]) -> None:
+    seen: dict[str, str] = {}
+    for art in arts:
+        seeds = art.meta.get("seeds")
+        if not seeds:
+            continue
+        key = json.dumps(seeds, sort_keys=True)
+        if key in seen:
+            raise FineError(
+                f"the {method} rankings '{seen[key]}' and '{art.source}' come from the same "
+                "training seeds, so they agree trivially; compare runs of different seeds.",
+                3,
+            )
+        seen[key] = art.source

@@ -6,6 +6,11 @@ R probe-batch pairs (B, B') are drawn once for all subsets; the engine returns e
 training point's squared gradient norm and inner products with the 2R probe-batch
 gradient sums, plus loss and margin; test mode adds the test points' quantities and
 the (test x train) Gram block. Exclusion of S from the batches happens in Stage 2.
+
+When the config lists trak or if (``experiment.methods`` or ``estimate.method``), the
+projected features of fine_cli/features.py are collected after the last epoch as well,
+for main, auxiliary and ``collect.features.extra_models`` more models trained alongside
+(TRAK's ensemble); otherwise nothing of them is computed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +30,15 @@ from fine_cli.artifacts import make_meta
 from fine_cli.config import Config, config_to_dict
 from fine_cli.data import LoadedData, load_data
 from fine_cli.errors import FineError
+from fine_cli.features import FEATURE_METHODS, FeatureRequest, collect, describe
 from fine_cli.grads import GradEngine
 from fine_cli.models import build_model
 
 # progress(phase, epochs_done, epochs_total)
 Progress = Callable[[str, int, int], None]
+# on_checkpoint(c, epoch, [main, aux]) after checkpoint c's signals: lets tests and
+# notebooks see the models whose gradients were collected.
+CheckpointHook = Callable[[int, int, list[nn.Module]], None]
 
 
 @dataclass
@@ -38,14 +47,25 @@ class Seeds:
     aux: int
     probe: int
     test_points: int
+    extra: list[int] = field(default_factory=list)  # TRAK-only ensemble members
 
 
 def derive_seeds(cfg: Config) -> Seeds:
-    """Independent streams from the one training seed (no global RNG state)."""
-    main, aux, probe = (
-        int(s.generate_state(1)[0]) for s in np.random.SeedSequence(cfg.seed).spawn(3)
+    """Independent streams from the one training seed (no global RNG state); the first
+    three do not depend on how many extra models there are."""
+    n_extra = cfg.collect.features.extra_models if feature_methods(cfg) else 0
+    main, aux, probe, *extra = (
+        int(s.generate_state(1)[0]) for s in np.random.SeedSequence(cfg.seed).spawn(3 + n_extra)
     )
-    return Seeds(main=main, aux=aux, probe=probe, test_points=cfg.collect.test_points.seed)
+    return Seeds(
+        main=main, aux=aux, probe=probe, test_points=cfg.collect.test_points.seed, extra=extra
+    )
+
+
+def feature_methods(cfg: Config) -> set[str]:
+    """The methods listed in the config that need projected features."""
+    listed: set[str] = {*cfg.experiment.methods, cfg.estimate.method}
+    return listed & set(FEATURE_METHODS)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -162,7 +182,7 @@ def read_groups(path: str, train_index: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def run(
-    cfg: Config, progress: Progress | None = None
+    cfg: Config, progress: Progress | None = None, on_checkpoint: CheckpointHook | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Train both models, collect the signals; returns (arrays, meta) of a signals artifact."""
     device = resolve_device(cfg.train.device)
@@ -183,24 +203,30 @@ def run(
                 cfg.collect.groups_file, data.train.index
             )
 
+    model_seeds = [seeds.main, seeds.aux, *seeds.extra]
     models = [
-        build_model(cfg.model, data.input_shape, data.n_classes, s).to(device)
-        for s in (seeds.main, seeds.aux)
+        build_model(cfg.model, data.input_shape, data.n_classes, s).to(device) for s in model_seeds
     ]
     opts = [_optimizer(cfg, m) for m in models]
-    gens = [torch.Generator().manual_seed(s) for s in (seeds.main, seeds.aux)]
+    gens = [torch.Generator().manual_seed(s) for s in model_seeds]
     probe_rng = np.random.default_rng(seeds.probe)
     buf = _Buffers(len(epochs), cfg.collect.probe_repeats, b, n, xq.shape[0] if test_mode else 0)
-    train_s = collect_s = 0.0
+    train_s = collect_s = extra_s = 0.0
     c = 0
     for epoch in range(1, cfg.train.epochs + 1):
         if progress:
             progress("training", epoch - 1, cfg.train.epochs)
         t0 = time.perf_counter()
-        for model, opt, gen in zip(models, opts, gens):
+        for model, opt, gen in zip(models[:2], opts, gens):
             _train_epoch(model, opt, x, y, cfg.train.batch_size, gen)
         _sync(device)
-        train_s += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        train_s += t1 - t0
+        # the extra models serve TRAK alone: their time is counted apart
+        for model, opt, gen in zip(models[2:], opts[2:], gens[2:]):
+            _train_epoch(model, opt, x, y, cfg.train.batch_size, gen)
+        _sync(device)
+        extra_s += time.perf_counter() - t1
         if c < len(epochs) and epoch == epochs[c]:
             if progress:
                 progress("collecting", epoch - 1, cfg.train.epochs)
@@ -213,16 +239,33 @@ def run(
             )  # (R, 2, b)
             buf.probe_idx[c] = probe
             buf.lr[c] = opts[0].param_groups[0]["lr"]
-            for mi, model in enumerate(models):
+            for mi, model in enumerate(models[:2]):
                 engine = GradEngine(model, chunk_size=cfg.collect.chunk_size)
                 _collect(engine, buf, mi, c, x, y, probe, (xq, yq) if test_mode else None)
             _sync(device)
             collect_s += time.perf_counter() - t0
+            if on_checkpoint:
+                on_checkpoint(c, epoch, models[:2])
             c += 1
-    if progress:
-        progress("done", cfg.train.epochs, cfg.train.epochs)
     _check_finite(buf)
     arrays.update(buf.arrays(test_mode))
+    req = FeatureRequest(
+        methods=feature_methods(cfg),
+        proj_dim=cfg.collect.features.proj_dim,
+        seed=cfg.collect.features.seed,
+        chunk_size=cfg.collect.chunk_size,
+        n_classes=data.n_classes,
+        input_shape=data.input_shape,
+    )
+    if req.wanted:
+        if progress:
+            progress("features", cfg.train.epochs, cfg.train.epochs)
+        t0 = time.perf_counter()
+        arrays.update(collect(req, models, x, y, (xq, yq) if test_mode else None))
+        _sync(device)
+        req.timing["total_s"] = round(time.perf_counter() - t0, 3)
+    if progress:
+        progress("done", cfg.train.epochs, cfg.train.epochs)
     arrays.update(
         train_index=data.train.index.astype(np.int64),
         labels=data.train.y.numpy().astype(np.int64),
@@ -240,7 +283,12 @@ def run(
         input_shape=list(data.input_shape),
         test_source=cfg.collect.test_points.source if test_mode else None,
         device=str(device),
-        timing={"train_s": round(train_s, 3), "collect_s": round(collect_s, 3)},
+        timing={
+            "train_s": round(train_s, 3),
+            "collect_s": round(collect_s, 3),
+            "train_extra_s": round(extra_s, 3),
+        },
+        features=describe(req, len(models), cfg.train.epochs) if req.wanted else None,
     )
     return arrays, meta
 

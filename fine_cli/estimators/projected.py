@@ -1,0 +1,91 @@
+"""The projected features that TRAK and influence functions read from a signals file.
+
+``train-collect`` stores them (``fine_cli/features.py``) only when the config lists
+``trak`` or ``if``; this module checks them and says what to do when they are missing.
+
+Dimension names: ``E`` models with features, ``n`` training points, ``m`` test points,
+``k`` sketch dimension.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fine_cli.artifacts import Artifact, check_shape, require_finite
+from fine_cli.errors import FineError
+from fine_cli.estimators.samples import Signals
+
+FEATURE_ARRAYS = ("proj_grad", "one_minus_p", "ggn", "test_proj_grad", "test_one_minus_p")
+
+
+def attach(art: Artifact, sig: Signals) -> None:
+    """Check the feature arrays of ``art`` (if any) and set them on ``sig``."""
+    if "proj_grad" not in art:
+        return
+    n = sig.n_train
+    check_shape(art, "proj_grad", (None, n, None))
+    e, _, k = art["proj_grad"].shape
+    if e < 1 or k < 1 or "one_minus_p" not in art:
+        raise FineError(
+            "signals hold an empty or partial set of projected features; "
+            "re-create them with train-collect.",
+            3,
+        )
+    check_shape(art, "one_minus_p", (e, n))
+    if "ggn" in art:
+        check_shape(art, "ggn", (k, k))
+    present = [a for a in FEATURE_ARRAYS if a in art]
+    if sig.mode == "test":
+        m = sig.n_queries
+        for key, shape in (("test_proj_grad", (e, m, k)), ("test_one_minus_p", (e, m))):
+            if key not in art:
+                raise FineError(
+                    f"test-mode signals with projected features lack '{key}'; "
+                    "re-create them with train-collect.",
+                    3,
+                )
+            check_shape(art, key, shape)
+    require_finite(art, tuple(present))
+    for key in present:
+        setattr(sig, key, art[key])
+
+
+def require(sig: Signals, method: str, curvature: bool = False) -> None:
+    """Refuse, with the fix, signals collected without what ``method`` needs."""
+    missing = sig.proj_grad is None or sig.one_minus_p is None
+    if sig.mode == "test":
+        missing = missing or sig.test_proj_grad is None or sig.test_one_minus_p is None
+    if missing:
+        raise FineError(
+            f"method '{method}' needs projected gradients, which these signals lack: "
+            "train-collect stores them only when the config lists the method; re-run it "
+            f"with --set 'experiment.methods=[fine, tracin, {method}]' (or add '{method}' to "
+            "experiment.methods in the config).",
+            3,
+        )
+    if curvature and sig.ggn is None:
+        raise FineError(
+            f"method '{method}' needs the Gauss-Newton curvature, which these signals lack "
+            "(their features were collected for trak only); add 'if' to experiment.methods "
+            "and re-run train-collect.",
+            3,
+        )
+
+
+def query_rows(a: np.ndarray, queries: slice | None) -> np.ndarray:
+    """``a[:, queries]`` of an ``(E, m, ...)`` test-point array."""
+    return a[:, queries or slice(None)]
+
+
+def method_meta(method: str, sig: Signals) -> dict[str, Any]:
+    """What made a trak / if score, for the influence file's metadata ({} otherwise)."""
+    if method not in ("trak", "if") or sig.proj_grad is None:
+        return {}
+    from fine_cli.estimators import influence_functions, trak
+
+    e, _, k = sig.proj_grad.shape
+    if method == "trak":
+        return {"proj_dim": int(k), "ensemble": int(e), "ridge": trak.RIDGE}
+    return {"proj_dim": int(k), "damping": influence_functions.DAMPING, "model": "main"}

@@ -1,0 +1,187 @@
+"""``fine run``: the mislabel experiment over every seed and method, in one call.
+
+For each seed of ``experiment.seeds`` the four stages run in turn and leave one RUN
+directory ``<out>/seed-<seed>/`` holding ``signals.npz``, ``influence-<method>.npz`` and
+``ranking-<method>.npz`` for every method of ``experiment.methods`` (the layout that
+``fine evaluate consistency|variability`` reads). Then recall (per seed), consistency and
+variability (across seeds) are measured. Returns an :class:`ExperimentResult`; the report
+(markdown and figures) is :mod:`fine_cli.report`'s.
+
+Times are measured inside the process (no start-up or file costs): training and
+collection from the signals' metadata, estimation and ranking around the stage calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fine_cli.artifacts import Artifact, load_artifact, save_artifact
+from fine_cli.config import Config, config_from_dict, config_to_dict
+from fine_cli.errors import FineError
+from fine_cli.stages import estimate, evaluate, rank, train_collect
+from fine_cli.stages.evaluate import AcrossRunsReport, RecallReport
+
+# message(text): one line of progress per step; epoch_progress: train-collect's callback.
+Message = Callable[[str], None]
+EpochProgress = Callable[[str, int, int], None]
+
+
+@dataclass
+class SeedRun:
+    """One training seed: where its files are and what each step cost (seconds)."""
+
+    seed: int
+    directory: str
+    reused: bool  # signals taken from an earlier run of the same config
+    train_s: float  # main + auxiliary models
+    collect_s: float  # f-INE / TracIn signals of both models, every checkpoint
+    train_extra_s: float  # models trained for TRAK's ensemble only
+    features: dict[str, float]  # feature collection, by part (fine_cli/features.py)
+    estimate_s: dict[str, float]  # by method: `fine estimate` + `fine rank`
+
+
+@dataclass
+class ExperimentResult:
+    """Everything the report needs."""
+
+    name: str
+    config: dict[str, Any]  # resolved config (seed of the first run)
+    methods: list[str]
+    runs: list[SeedRun]
+    recall: list[RecallReport]  # (seeds,) one report per seed, methods in order
+    consistency: AcrossRunsReport
+    variability: AcrossRunsReport
+    data: dict[str, Any] = field(default_factory=dict)  # n, flipped, dataset
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+
+def run(
+    cfg: Config,
+    out_dir: str | Path,
+    reuse: bool = False,
+    message: Message | None = None,
+    epoch_progress: EpochProgress | None = None,
+) -> ExperimentResult:
+    """Run every seed and method of ``cfg.experiment``; see the module docstring.
+
+    With ``reuse``, a seed whose ``signals.npz`` was made by the same resolved config is
+    not trained again (its recorded training times are reported).
+    """
+    seeds = list(cfg.experiment.seeds)
+    methods: list[str] = list(dict.fromkeys(cfg.experiment.methods))
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise FineError(
+            f"experiment.seeds is {seeds}; give at least two different seeds, e.g. [0, 1, 2], "
+            "so that runs can be compared."
+        )
+    if cfg.collect.mode != "self":
+        raise FineError(
+            "fine run measures mislabel detection by self-influence; set collect.mode=self."
+        )
+    if cfg.data.label_noise <= 0:
+        raise FineError("fine run needs flipped labels to find; set data.label_noise above 0.")
+    out = Path(out_dir)
+    runs: list[SeedRun] = []
+    recall: list[RecallReport] = []
+    for seed in seeds:
+        seed_cfg = config_from_dict({**config_to_dict(cfg), "seed": seed})
+        directory = out / f"seed-{seed}"
+        directory.mkdir(parents=True, exist_ok=True)
+        say = message or (lambda _: None)
+        say(f"seed {seed}: {directory}")
+        sig, reused = _signals(seed_cfg, directory, reuse, say, epoch_progress)
+        est: dict[str, float] = {}
+        rankings = []
+        for method in methods:
+            ranking, est[method] = _estimate_and_rank(sig, method, seed_cfg, directory)
+            say(f"seed {seed}: {method} estimated and ranked in {est[method]:.2f} s")
+            rankings.append(ranking)
+        recall.append(evaluate.run_recall(rankings, list(cfg.evaluate.p_grid)))
+        t = sig.meta.get("timing", {})
+        feats = (sig.meta.get("features") or {}).get("timing", {})
+        runs.append(
+            SeedRun(
+                seed=seed,
+                directory=str(directory),
+                reused=reused,
+                train_s=float(t.get("train_s", float("nan"))),
+                collect_s=float(t.get("collect_s", float("nan"))),
+                train_extra_s=float(t.get("train_extra_s", 0.0)),
+                features={k: float(v) for k, v in feats.items()},
+                estimate_s=est,
+            )
+        )
+    dirs = [r.directory for r in runs]
+    by_method = evaluate.load_runs(dirs, methods)
+    grid = list(cfg.evaluate.p_grid)
+    first = recall[0].rankings[0]
+    return ExperimentResult(
+        name=cfg.name,
+        config=config_to_dict(config_from_dict({**config_to_dict(cfg), "seed": seeds[0]})),
+        methods=methods,
+        runs=runs,
+        recall=recall,
+        consistency=evaluate.run_consistency(by_method, grid, dirs),
+        variability=evaluate.run_variability(by_method, grid, dirs),
+        data={"dataset": cfg.data.dataset, "n": first.n, "n_flipped": first.n_flipped},
+    )
+
+
+def _signals(
+    cfg: Config,
+    directory: Path,
+    reuse: bool,
+    say: Message,
+    epoch_progress: EpochProgress | None,
+) -> tuple[Artifact, bool]:
+    path = directory / "signals.npz"
+    if reuse and path.is_file():
+        old = load_artifact(str(path), "signals", estimate.SIGNALS_REQUIRED)
+        if old.meta.get("config") == config_to_dict(cfg):
+            say(f"seed {cfg.seed}: reusing {path}")
+            return old, True
+        say(f"seed {cfg.seed}: {path} was made by another config; training again")
+    arrays, meta = train_collect.run(cfg, epoch_progress)
+    save_artifact(str(path), "signals", arrays, meta)
+    t = meta["timing"]
+    say(
+        f"seed {cfg.seed}: trained in {t['train_s']:.1f} s, signals collected in "
+        f"{t['collect_s']:.1f} s"
+    )
+    return load_artifact(str(path), "signals", estimate.SIGNALS_REQUIRED), False
+
+
+def _estimate_and_rank(
+    sig: Artifact, method: str, cfg: Config, directory: Path
+) -> tuple[Artifact, float]:
+    """``fine estimate`` (the config's estimate options) then ``fine rank``; both files
+    saved; returns the ranking and the seconds spent in the two stages (files excluded)."""
+    t0 = time.perf_counter()
+    arrays, meta = estimate.run(sig, method, estimate.EstimateOptions.from_config(cfg.estimate))
+    seconds = time.perf_counter() - t0
+    inf_path = directory / f"influence-{method}.npz"
+    save_artifact(str(inf_path), "influence", arrays, meta)
+    influence = load_artifact(str(inf_path), "influence", rank.INFLUENCE_REQUIRED)
+    t0 = time.perf_counter()
+    r_arrays, r_meta = rank.run(influence)
+    seconds += time.perf_counter() - t0
+    r_path = directory / f"ranking-{method}.npz"
+    save_artifact(str(r_path), "ranking", r_arrays, r_meta)
+    return load_artifact(str(r_path), "ranking", evaluate.RANKING_ARRAYS), round(seconds, 3)
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``ddof=1``; 0 for one value) of finite values."""
+    a = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
+    if a.size == 0:
+        return float("nan"), float("nan")
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
