@@ -27,7 +27,7 @@ ArchName = Literal["mlp", "small_cnn", "resnet18_cifar"]
 MethodName = Literal["fine", "tracin", "grad-cos", "loss", "margin", "trak", "if"]
 EstimatorName = Literal["alg2", "auc", "std", "paired"]
 # Chosen by evidence (docs/statistics.md).
-DEFAULT_ESTIMATOR: EstimatorName = "alg2"
+DEFAULT_ESTIMATOR: EstimatorName = "paired"
 Alternative = Literal["two-sided", "greater", "less"]
 
 

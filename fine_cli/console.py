@@ -124,10 +124,10 @@ def fdr_line(fdr: dict[str, Any], n: int) -> str:
     side = f", {fdr['alternative']} p-values" if fdr.get("alternative") else ""
     text = f"selected {fdr['selected']} of {n} at FDR {fdr['q']:g} (Benjamini-Hochberg{side})"
     floor = fdr.get("min_selectable")
-    if floor and floor > 1:
+    if fdr["selected"] == 0 and floor and floor > 1:
         text += (
-            f"; with these permutation p-values BH selects nothing unless at least {floor} "
-            "subsets qualify (raise --permutations for finer p-values)"
+            f"; p-values cannot go below 1/(K+1), so BH selects nothing unless at least "
+            f"{floor} subsets reach that floor (raise fine estimate --permutations)"
         )
     return text
 

@@ -65,15 +65,14 @@ def bootstrap_se(
 
     ``std`` and ``paired`` are functions of sums and sums of squares, so their draws are
     matrix products with the draws' column counts (:func:`_moment_draws`)."""
-    if fn in _MOMENT_FORMS:
-        counts = np.zeros(columns.shape, dtype=np.float64)  # (B, N) times column j is drawn
-        np.add.at(counts, (np.arange(columns.shape[0])[:, None], columns), 1.0)
-        zeros = np.zeros_like(counts)
-        return _by_rows(x, y, lambda a, b: _moment_draws(fn, a, b, counts, zeros)).std(
-            axis=1, ddof=1
-        )
     p, n = x.shape
     n_boot = columns.shape[0]
+    if fn in _MOMENT_FORMS:
+        counts = np.zeros(columns.shape, dtype=np.float64)  # (B, N) times column j is drawn
+        np.add.at(counts, (np.arange(n_boot)[:, None], columns), 1.0)
+        zeros = np.zeros_like(counts)
+        draws = _by_rows(x, y, n_boot, lambda a, b: _moment_draws(fn, a, b, counts, zeros))
+        return draws.std(axis=1, ddof=1)
     out = np.empty(p, dtype=np.float64)
     step = _rows_per_chunk(n_boot, n)
     for start in range(0, p, step):
@@ -93,11 +92,11 @@ def permutation_null(
     x: np.ndarray, y: np.ndarray, fn: EstimatorFn, r: int, swaps: np.ndarray
 ) -> np.ndarray:
     """(P, K) the estimate under each swap pattern of ``swaps`` (K, N)."""
-    if fn in _MOMENT_FORMS:
-        keep = (~swaps).astype(np.float64)  # (K, N) 1 where X_j stays on the X side
-        return _by_rows(x, y, lambda a, b: _moment_draws(fn, a, b, keep, 1.0 - keep))
     p, n = x.shape
     k = swaps.shape[0]
+    if fn in _MOMENT_FORMS:
+        keep = (~swaps).astype(np.float64)  # (K, N) 1 where X_j stays on the X side
+        return _by_rows(x, y, k, lambda a, b: _moment_draws(fn, a, b, keep, 1.0 - keep))
     out = np.empty((p, k), dtype=np.float64)
     step = _rows_per_chunk(k, n)
     for start in range(0, p, step):
@@ -135,10 +134,13 @@ def _moment_draws(
 
 
 def _by_rows(
-    x: np.ndarray, y: np.ndarray, draws: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    x: np.ndarray,
+    y: np.ndarray,
+    n_draws: int,
+    draws: Callable[[np.ndarray, np.ndarray], np.ndarray],
 ) -> np.ndarray:
     """(P, K) ``draws`` applied to chunks of rows of x, y (P, N), which bounds memory."""
-    step = max(1, CHUNK_ELEMS // (8 * x.shape[1]))
+    step = _rows_per_chunk(n_draws, 1)
     return np.concatenate(
         [draws(x[s : s + step], y[s : s + step]) for s in range(0, x.shape[0], step)]
     )
