@@ -96,7 +96,9 @@ def permutation_null(
     k = swaps.shape[0]
     if fn in _MOMENT_FORMS:
         keep = (~swaps).astype(np.float64)  # (K, N) 1 where X_j stays on the X side
-        return _by_rows(x, y, k, lambda a, b: _moment_draws(fn, a, b, keep, 1.0 - keep))
+        return _by_rows(
+            x, y, k, lambda a, b: _moment_draws(fn, a, b, keep, 1.0 - keep, swap_only=True)
+        )
     out = np.empty((p, k), dtype=np.float64)
     step = _rows_per_chunk(k, n)
     for start in range(0, p, step):
@@ -109,16 +111,23 @@ def permutation_null(
 
 
 def _moment_draws(
-    fn: EstimatorFn, x: np.ndarray, y: np.ndarray, w_own: np.ndarray, w_other: np.ndarray
+    fn: EstimatorFn,
+    x: np.ndarray,
+    y: np.ndarray,
+    w_own: np.ndarray,
+    w_other: np.ndarray,
+    swap_only: bool = False,
 ) -> np.ndarray:
     """(P, K) ``std`` or ``paired`` of K reweighted samples, from sums alone: draw k takes
     w_own[k, j] copies of (X_j, Y_j) as they are and w_other[k, j] copies swapped; both
-    (K, N), each draw of N samples in all. Equals ``fn`` on the explicit draws."""
+    (K, N), each draw of N samples in all. Equals ``fn`` on the explicit draws.
+    ``swap_only``: every pair is kept once, as it is or swapped (w_own + w_other = 1)."""
     n = x.shape[1]
     if fn is influence_paired:
         d = x - y
         s1 = d @ (w_own - w_other).T  # a swap flips the sign of D_j
-        s2 = (d * d) @ (w_own + w_other).T
+        # a swap leaves D_j^2 as it is: with every pair kept once, one row sum serves all K
+        s2 = (d * d).sum(axis=1, keepdims=True) if swap_only else (d * d) @ (w_own + w_other).T
         ref = np.abs(d).max(axis=1, keepdims=True)
         sd = np.sqrt(np.maximum(s2 - s1 * s1 / n, 0.0) / (n - 1))
         return np.sqrt(2.0) * (s1 / n) / np.maximum(sd, SCALE_REL * ref + SCALE_TINY)
