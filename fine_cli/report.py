@@ -224,7 +224,8 @@ def markdown(result: ExperimentResult, summary: dict[str, Any], command: str = "
         f"({noise:.0f}%). Model: {cfg['model']['arch']} {cfg['model']['hidden']}, "
         f"{cfg['train']['optimizer']} lr {cfg['train']['lr']}, {cfg['train']['epochs']} epochs, "
         f"batch {cfg['train']['batch_size']}. Seeds: {result.seeds}. Methods: "
-        f"{', '.join(result.methods)}. Projected features (trak, if): k = "
+        f"{', '.join(result.methods)} (f-INE estimator: "
+        f"{cfg.get('estimate', {}).get('estimator', 'alg2')}). Projected features (trak, if): k = "
         f"{cfg['collect']['features']['proj_dim']}. Every number is a mean ± standard "
         "deviation over the seeds unless it is a measure across seeds.",
         "",
