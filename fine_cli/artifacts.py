@@ -18,9 +18,10 @@ import platform
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -108,8 +109,15 @@ def save_artifact(path: str, kind: str, arrays: dict[str, np.ndarray], meta: dic
     if path == "-":
         write_stdout(data)
         return digest
+    atomic_write(path, lambda fh: fh.write(data))
+    return digest
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write a file through a temporary name in the same directory, then rename it: a
+    failure (or Ctrl-C) never leaves a partial file at ``path``."""
     target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
+    parent = target.parent
     if not parent.is_dir():
         raise FineError(
             f"cannot write '{path}': directory '{parent}' does not exist; create it.", 4
@@ -117,12 +125,12 @@ def save_artifact(path: str, kind: str, arrays: dict[str, np.ndarray], meta: dic
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return digest
+    return target
 
 
 def write_stdout(data: bytes) -> None:

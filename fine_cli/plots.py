@@ -8,8 +8,6 @@ notebook or another program that uses pyplot.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +15,6 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fine_cli.errors import FineError
 from fine_cli.stages.evaluate import RecallReport
 
 if TYPE_CHECKING:
@@ -85,22 +82,10 @@ def _title(report: RecallReport) -> str:
 
 
 def save_png(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as PNG to ``path`` via a temporary file in the same directory."""
-    target = Path(path)
-    parent = target.parent
-    if not parent.is_dir():
-        raise FineError(
-            f"cannot write '{target}': directory '{parent}' does not exist; create it.", 4
-        )
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    """Write ``fig`` as PNG to ``path`` atomically (no partial file on failure)."""
+    from fine_cli.artifacts import atomic_write
+
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
 
 
 def plot_tradeoff(curve: TradeoffCurve, path: str | Path, highlight: str | None = None) -> Path:
