@@ -181,3 +181,14 @@ def test_plot_handles_nan_auroc(report: RecallReport, tmp_path: Path) -> None:
     report.rankings[1].auroc = math.nan
     plot_recall(report, tmp_path / "nan.png")
     assert (tmp_path / "nan.png").stat().st_size > 0
+
+
+def test_repeated_method_is_told_apart_by_estimator(tmp_path: Path) -> None:
+    mask = _flip_mask(n=100)
+    order = _perfect_order(mask)
+    paths = [_write_ranking(tmp_path / f"{e}.npz", "fine", mask, order) for e in ("p", "a", "b")]
+    arts = load_rankings(paths)
+    arts[0].meta["estimator"], arts[1].meta["estimator"] = "paired", "alg2"
+    arts[2].meta["estimator"] = "alg2"  # same estimator twice: file names decide
+    labels = [r.label for r in run_recall(arts).rankings]
+    assert labels == ["fine (paired)", "fine (a.npz)", "fine (b.npz)"]

@@ -209,13 +209,22 @@ def _check_grid(grid: Any, name: str) -> None:
 
 
 def _labels(rankings: list[Artifact]) -> list[str]:
-    """meta["method"] of each ranking, made unique with the file name, then a counter."""
+    """meta["method"] of each ranking, made unique with the estimator (f-INE), else the
+    file name, then a counter."""
     methods = [str(a.meta.get("method", "ranking")) for a in rankings]
     counts = Counter(methods)
+    with_est = [
+        f"{m} ({a.meta['estimator']})" if a.meta.get("estimator") else m
+        for a, m in zip(rankings, methods, strict=True)
+    ]
+    est_counts = Counter(with_est)
     labels = []
-    for art, method in zip(rankings, methods, strict=True):
+    for art, method, tagged in zip(rankings, methods, with_est, strict=True):
         name = Path(art.source).name if art.source not in ("", "-") else "stdin"
-        labels.append(method if counts[method] == 1 else f"{method} ({name})")
+        if counts[method] == 1:
+            labels.append(method)
+        else:
+            labels.append(tagged if est_counts[tagged] == 1 else f"{method} ({name})")
     seen: Counter[str] = Counter()
     unique = []
     total = Counter(labels)
