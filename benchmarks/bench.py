@@ -70,12 +70,12 @@ def _child(kind: str, n_train: int, epochs: int) -> None:
             build_model(cfg.model, data.input_shape, data.n_classes, s)
             for s in (seeds.main, seeds.aux)
         ]
-        opts = [tc._optimizer(cfg, m) for m in models]
+        opts = [tc.make_optimizer(cfg, m) for m in models]
         gens = [torch.Generator().manual_seed(s) for s in (seeds.main, seeds.aux)]
         t0 = time.perf_counter()
         for _ in range(epochs):
             for m, o, g in zip(models, opts, gens):
-                tc._train_epoch(m, o, data.train.x, data.train.y, cfg.train.batch_size, g)
+                tc.train_epoch(m, o, data.train.x, data.train.y, cfg.train.batch_size, g)
         timing = {"train_s": time.perf_counter() - t0}
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"timing": timing, "peak_mib": peak_kib / 1024}))
@@ -185,10 +185,10 @@ def bench_stage2(n_pairs: int) -> dict[str, Any]:
         times[name] = time.perf_counter() - t0
     cfg = mnist_sized_config(n_pairs, 1)
     model = _mlp()
-    opt = tc._optimizer(cfg, model)
+    opt = tc.make_optimizer(cfg, model)
     xs, ys = torch.randn(n_pairs, 784), torch.randint(0, 10, (n_pairs,))
     t0 = time.perf_counter()
-    tc._train_epoch(model, opt, xs, ys, 100, torch.Generator().manual_seed(0))
+    tc.train_epoch(model, opt, xs, ys, 100, torch.Generator().manual_seed(0))
     epoch_s = time.perf_counter() - t0
     return {
         "alg2_s": times["alg2"],

@@ -94,7 +94,7 @@ def checkpoint_epochs(epochs: int, n_checkpoints: int | None) -> np.ndarray:
     return np.round(np.linspace(epochs / n_checkpoints, epochs, n_checkpoints)).astype(np.int64)
 
 
-def _optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     t = cfg.train
     if t.optimizer == "adam":
         return torch.optim.Adam(
@@ -105,7 +105,7 @@ def _optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     )
 
 
-def _train_epoch(
+def train_epoch(
     model: nn.Module,
     opt: torch.optim.Optimizer,
     x: torch.Tensor,
@@ -207,7 +207,7 @@ def run(
     models = [
         build_model(cfg.model, data.input_shape, data.n_classes, s).to(device) for s in model_seeds
     ]
-    opts = [_optimizer(cfg, m) for m in models]
+    opts = [make_optimizer(cfg, m) for m in models]
     gens = [torch.Generator().manual_seed(s) for s in model_seeds]
     probe_rng = np.random.default_rng(seeds.probe)
     buf = _Buffers(len(epochs), cfg.collect.probe_repeats, b, n, xq.shape[0] if test_mode else 0)
@@ -218,13 +218,13 @@ def run(
             progress("training", epoch - 1, cfg.train.epochs)
         t0 = time.perf_counter()
         for model, opt, gen in zip(models[:2], opts, gens):
-            _train_epoch(model, opt, x, y, cfg.train.batch_size, gen)
+            train_epoch(model, opt, x, y, cfg.train.batch_size, gen)
         _sync(device)
         t1 = time.perf_counter()
         train_s += t1 - t0
         # the extra models serve TRAK alone: their time is counted apart
         for model, opt, gen in zip(models[2:], opts[2:], gens[2:]):
-            _train_epoch(model, opt, x, y, cfg.train.batch_size, gen)
+            train_epoch(model, opt, x, y, cfg.train.batch_size, gen)
         _sync(device)
         extra_s += time.perf_counter() - t1
         if c < len(epochs) and epoch == epochs[c]:

@@ -38,7 +38,7 @@ from fine_cli.errors import FineError
 from fine_cli.estimators.fine import auc_with
 from fine_cli.models import build_model
 from fine_cli.stages import estimate, train_collect
-from fine_cli.stages.train_collect import _optimizer, _train_epoch, resolve_device
+from fine_cli.stages.train_collect import make_optimizer, resolve_device, train_epoch
 
 # progress(models_done, models_total)
 Progress = Callable[[int, int], None]
@@ -79,10 +79,10 @@ def _train_on(
     x, y = data.train.x.to(device), data.train.y.to(device)
     sel = torch.as_tensor(np.flatnonzero(keep), device=device)
     model = build_model(cfg.model, data.input_shape, data.n_classes, seed).to(device)
-    opt = _optimizer(cfg, model)
+    opt = make_optimizer(cfg, model)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(cfg.train.epochs):
-        _train_epoch(model, opt, x[sel], y[sel], cfg.train.batch_size, gen)
+        train_epoch(model, opt, x[sel], y[sel], cfg.train.batch_size, gen)
     model.eval()
     losses, confs = [], []
     with torch.no_grad():
