@@ -126,6 +126,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+        # mkstemp makes the file private (0600); give it the mode a plain open() would
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -140,6 +142,12 @@ def write_stdout(data: bytes) -> None:
         sys.stdout.buffer.flush()
     except BrokenPipeError:
         _silence_stdout()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _silence_stdout() -> None:

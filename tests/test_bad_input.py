@@ -136,3 +136,15 @@ def test_recall_without_flips(tmp_path: Path, tiny_signals: Path) -> None:
 @pytest.mark.parametrize("arg", ["--p-grid=abc", "--p-grid=150"])
 def test_bad_p_grid(arg: str, tiny_signals: Path) -> None:
     _fails(["evaluate", "recall", str(tiny_signals), arg], 2, "--p-grid")
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        p = tmp_path / "r.npz"
+        save_artifact(str(p), "ranking", {"order": np.arange(3)}, make_meta("ranking"))
+    finally:
+        os.umask(old)
+    assert p.stat().st_mode & 0o777 == 0o644  # not the private 0600 of a temporary file
