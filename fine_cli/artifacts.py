@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from fine_cli.errors import FineError
+from fine_cli.errors import FineError, InputFileError, RunError
 
 # Bump a kind's version whenever its arrays change meaning; readers refuse other versions.
 SCHEMA_VERSIONS = {"signals": 1, "influence": 1, "ranking": 1, "truth": 1}
@@ -119,9 +119,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     target = Path(path)
     parent = target.parent
     if not parent.is_dir():
-        raise FineError(
-            f"cannot write '{path}': directory '{parent}' does not exist; create it.", 4
-        )
+        raise RunError(f"cannot write '{path}': directory '{parent}' does not exist; create it.")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -162,24 +160,22 @@ def _silence_stdout() -> None:
 def _read_bytes(path: str, kind: str) -> bytes:
     if path == "-":
         if sys.stdin is None or sys.stdin.isatty():
-            raise FineError(
+            raise InputFileError(
                 f"'-' reads a {kind} file from standard input, but nothing is piped in; "
                 f"pipe in the output of {MADE_BY[kind]} or pass a file path.",
-                3,
             )
         data = sys.stdin.buffer.read()
         if not data:
-            raise FineError(
+            raise InputFileError(
                 f"standard input is empty; expected a {kind} file from {MADE_BY[kind]} "
                 "(did the previous stage fail?).",
-                3,
             )
         return data
     p = Path(path)
     if not p.exists():
-        raise FineError(f"{kind} file '{path}' does not exist; make it with {MADE_BY[kind]}.", 3)
+        raise InputFileError(f"{kind} file '{path}' does not exist; make it with {MADE_BY[kind]}.")
     if not p.is_file():
-        raise FineError(f"'{path}' is not a file; pass the path of a {kind} .npz file.", 3)
+        raise InputFileError(f"'{path}' is not a file; pass the path of a {kind} .npz file.")
     return p.read_bytes()
 
 
@@ -190,45 +186,40 @@ def load_artifact(path: str, kind: str, required: tuple[str, ...] = ()) -> Artif
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             if not hasattr(npz, "files"):
-                raise FineError(f"{name} is a bare .npy array, not a {kind} .npz file.", 3)
+                raise InputFileError(f"{name} is a bare .npy array, not a {kind} .npz file.")
             files = list(npz.files)
             if META_KEY not in files:
-                raise FineError(
+                raise InputFileError(
                     f"{name} is an .npz file but not one written by fine (no metadata); "
                     f"pass a {kind} file made by {MADE_BY[kind]}.",
-                    3,
                 )
             arrays = {k: npz[k] for k in files if k != META_KEY}
             meta = json.loads(str(npz[META_KEY]))
     except FineError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, json.JSONDecodeError):
-        raise FineError(
+        raise InputFileError(
             f"{name} is not a readable .npz file (truncated or corrupt?); "
             f"re-create it with {MADE_BY[kind]}.",
-            3,
         ) from None
     got_kind = meta.get("kind")
     if got_kind != kind:
         hint = f" (it was made by {MADE_BY[got_kind]})" if got_kind in MADE_BY else ""
-        raise FineError(
+        raise InputFileError(
             f"{name} is a {got_kind or 'unknown'} file{hint}, but a {kind} file is needed; "
             f"pass the output of {MADE_BY[kind]}.",
-            3,
         )
     want = SCHEMA_VERSIONS[kind]
     if meta.get("schema_version") != want:
-        raise FineError(
+        raise InputFileError(
             f"{name} has {kind} schema version {meta.get('schema_version')}, this fine reads "
             f"version {want}; re-create it with this version's {MADE_BY[kind]}.",
-            3,
         )
     missing = [k for k in required if k not in arrays]
     if missing:
-        raise FineError(
+        raise InputFileError(
             f"{name} lacks the array(s) {', '.join(missing)}; it is damaged or was edited; "
             f"re-create it with {MADE_BY[kind]}.",
-            3,
         )
     return Artifact(
         kind=kind,
@@ -245,10 +236,9 @@ def require_finite(art: Artifact, keys: tuple[str, ...]) -> None:
         a = art.arrays.get(k)
         if a is not None and a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
-            raise FineError(
+            raise InputFileError(
                 f"{art.kind} array '{k}' holds {bad} NaN/inf value(s) (training diverged?); "
                 "lower train.lr or re-run train-collect.",
-                3,
             )
 
 
@@ -256,8 +246,7 @@ def check_shape(art: Artifact, key: str, shape: tuple[int | None, ...]) -> None:
     a = art.arrays[key]
     ok = a.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, a.shape))
     if not ok:
-        raise FineError(
+        raise InputFileError(
             f"{art.kind} array '{key}' has shape {a.shape}, expected {shape} "
             f"(None = any); the file is inconsistent; re-create it with {MADE_BY[art.kind]}.",
-            3,
         )

@@ -18,7 +18,7 @@ import typer
 
 from fine_cli import console
 from fine_cli.config import DEFAULT_ESTIMATOR, ESTIMATORS, EstimateConfig
-from fine_cli.errors import FineError
+from fine_cli.errors import ConfigError, FineError, InputFileError, RunError
 
 app = typer.Typer(
     name="fine",
@@ -42,6 +42,19 @@ evaluate_app = typer.Typer(
 app.add_typer(evaluate_app, name="evaluate")
 
 F = TypeVar("F", bound=Callable[..., Any])
+# The one place where library exceptions become exit codes (README, "Exit codes").
+EXIT_CODES: dict[type[FineError], int] = {ConfigError: 2, InputFileError: 3, RunError: 4}
+
+
+def exit_code(exc: FineError) -> int:
+    """2 bad usage or config, 3 bad input file, 4 failure while running (the most derived
+    class that has a code wins); a bare FineError counts as bad usage."""
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 2
+
+
 # Defaults of the estimate options: the config schema's (one source).
 _EST = EstimateConfig()
 
@@ -55,7 +68,7 @@ def handled(fn: F) -> F:
             return fn(*args, **kwargs)
         except FineError as exc:
             console.error(str(exc))
-            raise typer.Exit(exc.exit_code) from None
+            raise typer.Exit(exit_code(exc)) from None
         except KeyboardInterrupt:
             console.error("interrupted; no output was written.")
             raise typer.Exit(130) from None
@@ -287,7 +300,7 @@ def _write_text(path: str, text: str) -> None:
 
     target = Path(path)
     if not target.parent.is_dir():
-        raise FineError(f"cannot write '{path}': directory '{target.parent}' does not exist.", 4)
+        raise RunError(f"cannot write '{path}': directory '{target.parent}' does not exist.")
     target.write_text(text)
 
 
@@ -308,7 +321,7 @@ def evaluate_recall(
 
     grid = _parse_grid(p_grid) if p_grid else None
     if sum(1 for r in rankings if r == "-") > 1:
-        raise FineError(
+        raise ConfigError(
             "standard input ('-') can be given once only; pass the other rankings as files."
         )
     report = stage.run_recall(stage.load_rankings(rankings), grid)
@@ -349,7 +362,9 @@ def evaluate_tradeoff(
     from fine_cli.stages import tradeoff as stage
 
     if estimator not in ESTIMATORS:
-        raise FineError(f"unknown estimator '{estimator}'; choose one of {', '.join(ESTIMATORS)}.")
+        raise ConfigError(
+            f"unknown estimator '{estimator}'; choose one of {', '.join(ESTIMATORS)}."
+        )
     art = load_artifact(signals, "signals", est_stage.SIGNALS_REQUIRED)
     curve = stage.run(art, subset, query, checkpoints)
     plot_tradeoff(curve, plot, highlight=estimator)
@@ -365,9 +380,9 @@ def _parse_grid(text: str) -> list[float]:
     try:
         grid = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise FineError(f"--p-grid '{text}' is not a comma-separated list of numbers.") from None
+        raise ConfigError(f"--p-grid '{text}' is not a comma-separated list of numbers.") from None
     if not grid or any(not 0 <= p <= 100 for p in grid):
-        raise FineError(f"--p-grid '{text}' must hold percentages between 0 and 100.")
+        raise ConfigError(f"--p-grid '{text}' must hold percentages between 0 and 100.")
     return grid
 
 

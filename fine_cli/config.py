@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fine_cli.errors import FineError
+from fine_cli.errors import ConfigError
 
 DATASETS = ("mnist", "cifar10", "mnist_embedded", "digits", "synthetic")
 ARCHS = ("mlp", "small_cnn", "resnet18_cifar")
@@ -206,11 +206,11 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 def parse_override(item: str) -> tuple[list[str], Any]:
     """'a.b=value' -> (['a', 'b'], value parsed as YAML)."""
     if "=" not in item:
-        raise FineError(f"--set '{item}' is not of the form key.path=value; e.g. train.epochs=5.")
+        raise ConfigError(f"--set '{item}' is not of the form key.path=value; e.g. train.epochs=5.")
     key, raw = item.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise FineError(f"--set '{item}' has an empty key; e.g. train.epochs=5.")
+        raise ConfigError(f"--set '{item}' has an empty key; e.g. train.epochs=5.")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -229,7 +229,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 node[part] = nxt
             if not isinstance(nxt, dict):
                 where = ".".join(parts[: i + 1])
-                raise FineError(f"--set '{item}': '{where}' is not a section of the config.")
+                raise ConfigError(f"--set '{item}': '{where}' is not a section of the config.")
             node = nxt
         node[parts[-1]] = value
     return raw
@@ -239,14 +239,14 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        raise FineError(_format_validation_error(err, source)) from None
+        raise ConfigError(_format_validation_error(err, source)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config, apply ``--set`` overrides, validate; FineError on any problem."""
     p = Path(path)
     if not p.is_file():
-        raise FineError(
+        raise ConfigError(
             f"config file '{p}' does not exist; pass a path such as configs/quickstart.yaml."
         )
     try:
@@ -254,11 +254,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise FineError(f"config file '{p}' is not valid YAML{where}; fix its syntax.") from None
+        raise ConfigError(f"config file '{p}' is not valid YAML{where}; fix its syntax.") from None
     except UnicodeDecodeError:
-        raise FineError(f"config file '{p}' is not a text file; pass a YAML config.") from None
+        raise ConfigError(f"config file '{p}' is not a text file; pass a YAML config.") from None
     if not isinstance(raw, dict):
-        raise FineError(f"config file '{p}' must hold a mapping of sections (data:, model:, ...).")
+        raise ConfigError(
+            f"config file '{p}' must hold a mapping of sections (data:, model:, ...)."
+        )
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw, source=str(p))
 

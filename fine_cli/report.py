@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fine_cli.errors import FineError
+from fine_cli.errors import RunError
 from fine_cli.plots import save_png
 from fine_cli.stages.evaluate import AcrossRunsReport
 from fine_cli.stages.experiment import ExperimentResult, SeedRun, mean_sd
@@ -40,7 +40,7 @@ def write(result: ExperimentResult, directory: str | Path, command: str = "") ->
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise FineError(f"cannot create report directory '{out}': {err.strerror}.", 4) from None
+        raise RunError(f"cannot create report directory '{out}': {err.strerror}.") from None
     name = result.name
     summary = summarize(result)
     (out / f"{name}.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")

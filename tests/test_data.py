@@ -28,7 +28,7 @@ from fine_cli.data.sources import (
     MNIST_STD,
     make_clusters,
 )
-from fine_cli.errors import FineError
+from fine_cli.errors import FineError, RunError
 
 # float32 normalisation and its inverse lose a few ulps.
 PIXEL_ATOL = 1e-5
@@ -98,7 +98,7 @@ def test_failed_download_is_a_fine_error(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", no_network)
     with pytest.raises(FineError, match="downloading MNIST") as info:
         load_data(DataConfig(dataset="mnist", root=str(tmp_path), download=True))
-    assert str(tmp_path) in str(info.value) and info.value.exit_code == 4
+    assert str(tmp_path) in str(info.value) and isinstance(info.value, RunError)
 
 
 def test_mnist_corrupt_file_is_a_fine_error(tmp_path: Path) -> None:

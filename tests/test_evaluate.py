@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fine_cli.artifacts import make_meta, save_artifact
-from fine_cli.errors import FineError
+from fine_cli.errors import ConfigError, FineError, InputFileError
 from fine_cli.plots import plot_recall
 from fine_cli.stages.evaluate import DEFAULT_P_GRID, RecallReport, load_rankings, run_recall
 
@@ -126,7 +126,7 @@ def test_p_grid_from_argument_config_and_default(tmp_path: Path) -> None:
     assert all(r.p_grid == [10.0, 100.0] for r in forced)
     with pytest.raises(FineError, match="p_grid") as err:
         run_recall(arts, p_grid=[10, 120])
-    assert err.value.exit_code == 2
+    assert isinstance(err.value, ConfigError)
 
 
 def test_clean_data_is_refused(tmp_path: Path) -> None:
@@ -134,7 +134,7 @@ def test_clean_data_is_refused(tmp_path: Path) -> None:
     path = _write_ranking(tmp_path / "clean.npz", "fine", mask, np.arange(50))
     with pytest.raises(FineError, match=r"label_noise > 0") as err:
         run_recall(load_rankings([path]))
-    assert err.value.exit_code == 3
+    assert isinstance(err.value, InputFileError)
 
 
 def test_groups_are_refused(tmp_path: Path) -> None:
@@ -143,7 +143,7 @@ def test_groups_are_refused(tmp_path: Path) -> None:
     path = _write_ranking(tmp_path / "g.npz", "fine", mask, np.arange(50), train_index=groups)
     with pytest.raises(FineError, match="single training points") as err:
         run_recall(load_rankings([path]))
-    assert err.value.exit_code == 3
+    assert isinstance(err.value, InputFileError)
 
 
 def test_bad_files_are_refused(tmp_path: Path) -> None:

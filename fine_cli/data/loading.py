@@ -11,7 +11,7 @@ from fine_cli.config import DataConfig
 from fine_cli.data.noise import flip_labels
 from fine_cli.data.rng import STREAM_TEST_SUBSET, STREAM_TRAIN_SUBSET, stream_rng
 from fine_cli.data.sources import DATASETS, RawData
-from fine_cli.errors import FineError
+from fine_cli.errors import ConfigError, InputFileError
 
 
 @dataclass
@@ -44,7 +44,7 @@ def _subset(
     if n_wanted is None:
         return np.arange(n_available, dtype=np.int64)
     if n_wanted > n_available:
-        raise FineError(
+        raise ConfigError(
             f"{key}={n_wanted} is more than the {n_available} points available in {name}; "
             f"set it to at most {n_available}, or to null for all of them."
         )
@@ -54,10 +54,9 @@ def _subset(
 
 def _check_labels(y: np.ndarray, n_classes: int, name: str, split: str) -> None:
     if y.size and (y.min() < 0 or y.max() >= n_classes):
-        raise FineError(
+        raise InputFileError(
             f"{name} {split} labels range over [{y.min()}, {y.max()}] but the set has "
-            f"{n_classes} classes; replace the dataset files with the original ones.",
-            exit_code=3,
+            f"{n_classes} classes; replace the dataset files with the original ones."
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fine_cli.data.rng import STREAM_FLIP, stream_rng
-from fine_cli.errors import FineError
+from fine_cli.errors import ConfigError
 
 
 def flip_labels(
@@ -19,13 +19,13 @@ def flip_labels(
     """
     y = np.asarray(y)
     if y.ndim != 1:
-        raise FineError(f"labels to flip must be one-dimensional; got shape {y.shape}.")
+        raise ConfigError(f"labels to flip must be one-dimensional; got shape {y.shape}.")
     if n_classes < 2:
-        raise FineError(f"label noise needs at least 2 classes; got n_classes={n_classes}.")
+        raise ConfigError(f"label noise needs at least 2 classes; got n_classes={n_classes}.")
     if not 0.0 <= rate <= 1.0:
-        raise FineError(f"data.label_noise must lie in [0, 1]; got {rate}.")
+        raise ConfigError(f"data.label_noise must lie in [0, 1]; got {rate}.")
     if y.size and (y.min() < 0 or y.max() >= n_classes):
-        raise FineError(
+        raise ConfigError(
             f"labels must lie in [0, {n_classes}); got values in [{y.min()}, {y.max()}]."
         )
     n = y.shape[0]

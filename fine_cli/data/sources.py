@@ -33,7 +33,7 @@ import numpy as np
 
 from fine_cli.config import DataConfig
 from fine_cli.data.rng import STREAM_SPLIT, STREAM_SYNTHETIC, stream_rng
-from fine_cli.errors import FineError
+from fine_cli.errors import ConfigError, FineError, InputFileError, RunError
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -93,27 +93,23 @@ def _dataset_error(name: str, folder: Path, cfg: DataConfig, err: Exception) -> 
     detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
     if isinstance(err, RuntimeError) and "not found" in detail.lower():
         if cfg.download:
-            return FineError(
+            return InputFileError(
                 f"{name} files are still missing or corrupted in '{folder}' after the "
                 f"download ({detail}); delete that directory and run again, or place the "
-                "original files there.",
-                exit_code=3,
+                "original files there."
             )
-        return FineError(
+        return InputFileError(
             f"{name} files are missing or corrupted in '{folder}' (data.root='{cfg.root}'); "
-            "set data.download=true to fetch them, or place the original files there.",
-            exit_code=3,
+            "set data.download=true to fetch them, or place the original files there."
         )
     if isinstance(err, URLError | OSError) or "downloading" in detail.lower():
-        return FineError(
+        return RunError(
             f"downloading {name} into '{cfg.root}' failed ({detail}); check the network "
-            "connection, or place the original files there yourself.",
-            exit_code=4,
+            "connection, or place the original files there yourself."
         )
-    return FineError(
+    return InputFileError(
         f"{name} files in '{folder}' could not be read ({type(err).__name__}: {detail}); "
-        "replace them with the original files.",
-        exit_code=3,
+        "replace them with the original files."
     )
 
 
@@ -189,7 +185,7 @@ def _split_raw(
 ) -> RawData:
     train_idx, test_idx = stratified_split(y, cfg.test_fraction, cfg.subset_seed)
     if train_idx.size < 2 or test_idx.size < 1:
-        raise FineError(
+        raise ConfigError(
             f"data.test_fraction={cfg.test_fraction} splits the {y.size} points of {name} into "
             f"{train_idx.size} train and {test_idx.size} test points; choose a fraction that "
             "leaves at least 2 and 1."

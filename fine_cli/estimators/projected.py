@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from fine_cli.artifacts import Artifact, check_shape, require_finite
-from fine_cli.errors import FineError
+from fine_cli.errors import InputFileError
 from fine_cli.estimators.samples import Signals
 
 FEATURE_ARRAYS = ("proj_grad", "one_minus_p", "ggn", "test_proj_grad", "test_one_minus_p")
@@ -28,10 +28,9 @@ def attach(art: Artifact, sig: Signals) -> None:
     check_shape(art, "proj_grad", (None, n, None))
     e, _, k = art["proj_grad"].shape
     if e < 1 or k < 1 or "one_minus_p" not in art:
-        raise FineError(
+        raise InputFileError(
             "signals hold an empty or partial set of projected features; "
             "re-create them with train-collect.",
-            3,
         )
     check_shape(art, "one_minus_p", (e, n))
     if "ggn" in art:
@@ -41,10 +40,9 @@ def attach(art: Artifact, sig: Signals) -> None:
         m = sig.n_queries
         for key, shape in (("test_proj_grad", (e, m, k)), ("test_one_minus_p", (e, m))):
             if key not in art:
-                raise FineError(
+                raise InputFileError(
                     f"test-mode signals with projected features lack '{key}'; "
                     "re-create them with train-collect.",
-                    3,
                 )
             check_shape(art, key, shape)
     require_finite(art, tuple(present))
@@ -58,19 +56,17 @@ def require(sig: Signals, method: str, curvature: bool = False) -> None:
     if sig.mode == "test":
         missing = missing or sig.test_proj_grad is None or sig.test_one_minus_p is None
     if missing:
-        raise FineError(
+        raise InputFileError(
             f"method '{method}' needs projected gradients, which these signals lack: "
             "train-collect stores them only when the config lists the method; re-run it "
             f"with --set 'experiment.methods=[fine, tracin, {method}]' (or add '{method}' to "
             "experiment.methods in the config).",
-            3,
         )
     if curvature and sig.ggn is None:
-        raise FineError(
+        raise InputFileError(
             f"method '{method}' needs the Gauss-Newton curvature, which these signals lack "
             "(their features were collected for trak only); add 'if' to experiment.methods "
             "and re-run train-collect.",
-            3,
         )
 
 

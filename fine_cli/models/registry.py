@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fine_cli.config import ModelConfig
-from fine_cli.errors import FineError
+from fine_cli.errors import ConfigError
 from fine_cli.models.mlp import mlp
 from fine_cli.models.resnet import resnet18_cifar
 from fine_cli.models.small_cnn import small_cnn
@@ -16,7 +16,7 @@ from fine_cli.models.small_cnn import small_cnn
 
 def _image_channels(arch: str, input_shape: tuple[int, ...]) -> int:
     if len(input_shape) != 3:
-        raise FineError(
+        raise ConfigError(
             f"model.arch={arch} needs image inputs of shape (channels, height, width), but the "
             f"dataset's inputs have shape {input_shape}; use model.arch=mlp for this dataset."
         )
@@ -25,10 +25,10 @@ def _image_channels(arch: str, input_shape: tuple[int, ...]) -> int:
 
 def _check_widths(key: str, widths: list[int], allow_empty: bool) -> None:
     if not allow_empty and not widths:
-        raise FineError(f"{key} is empty; give at least one width, e.g. [8, 16].")
+        raise ConfigError(f"{key} is empty; give at least one width, e.g. [8, 16].")
     bad = [w for w in widths if w < 1]
     if bad:
-        raise FineError(f"{key} must hold positive widths; got {widths}.")
+        raise ConfigError(f"{key} must hold positive widths; got {widths}.")
 
 
 def _build_mlp(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
@@ -63,14 +63,14 @@ def _check_forward(
             out = model(torch.zeros(1, *input_shape))
     except RuntimeError as err:
         detail = (str(err).strip().splitlines() or ["error"])[0]
-        raise FineError(
+        raise ConfigError(
             f"model.arch={arch} cannot take inputs of shape {input_shape} ({detail}); "
             "choose another architecture or dataset."
         ) from err
     finally:
         model.train(was_training)
     if tuple(out.shape) != (1, n_classes):
-        raise FineError(
+        raise ConfigError(
             f"model.arch={arch} gives outputs of shape {tuple(out.shape[1:])} for inputs of "
             f"shape {input_shape}, not ({n_classes},); choose another architecture."
         )
@@ -84,12 +84,12 @@ def build_model(
     The initial weights depend on ``seed`` alone; the global torch RNG is left as it was.
     """
     if cfg.arch not in MODELS:
-        raise FineError(f"model.arch={cfg.arch!r} is unknown; choose one of {sorted(MODELS)}.")
+        raise ConfigError(f"model.arch={cfg.arch!r} is unknown; choose one of {sorted(MODELS)}.")
     if n_classes < 2:
-        raise FineError(f"a classifier needs at least 2 classes; the dataset has {n_classes}.")
+        raise ConfigError(f"a classifier needs at least 2 classes; the dataset has {n_classes}.")
     input_shape = tuple(int(d) for d in input_shape)
     if not input_shape or min(input_shape) < 1:
-        raise FineError(f"input shape {input_shape} has an empty dimension; check the dataset.")
+        raise ConfigError(f"input shape {input_shape} has an empty dimension; check the dataset.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MODELS[cfg.arch](cfg, input_shape, n_classes)

@@ -10,7 +10,7 @@ import numpy as np
 
 from fine_cli.artifacts import Artifact, check_shape, make_meta, require_finite
 from fine_cli.config import ALTERNATIVES, EstimateConfig
-from fine_cli.errors import FineError
+from fine_cli.errors import ConfigError, InputFileError, RunError
 from fine_cli.estimators import METHODS, Signals, null, projected
 from fine_cli.estimators.fine import ESTIMATOR_FNS, clip_bounds
 from fine_cli.estimators.samples import first_checkpoints, query_samples, self_samples
@@ -38,15 +38,14 @@ def signals_view(art: Artifact) -> Signals:
     """Validate a signals artifact's shapes and build the numeric view the estimators use."""
     mode = art.meta.get("mode")
     if mode not in ("self", "test"):
-        raise FineError(
-            f"signals file has unknown mode {mode!r}; re-create it with train-collect.", 3
+        raise InputFileError(
+            f"signals file has unknown mode {mode!r}; re-create it with train-collect."
         )
     if mode == "test":
         missing = [k for k in TEST_REQUIRED if k not in art]
         if missing:
-            raise FineError(
+            raise InputFileError(
                 f"test-mode signals lack {', '.join(missing)}; re-create them with train-collect.",
-                3,
             )
     n = art["train_index"].shape[0]
     c = art["lr"].shape[0]
@@ -59,8 +58,8 @@ def signals_view(art: Artifact) -> Signals:
     for k in ("labels", "flip_mask"):
         check_shape(art, k, (n,))
     if art["probe_idx"].min(initial=0) < 0 or art["probe_idx"].max(initial=0) >= n:
-        raise FineError(
-            "signals 'probe_idx' points outside the training set; the file is damaged.", 3
+        raise InputFileError(
+            "signals 'probe_idx' points outside the training set; the file is damaged."
         )
     require_finite(art, ("lr", "sqnorm", "ip", "probe_sqnorm", "loss", "margin"))
     sig = Signals(
@@ -88,7 +87,7 @@ def signals_view(art: Artifact) -> Signals:
                 or np.any(np.diff(ptr) <= 0)
                 or (mem.size and (mem.min() < 0 or mem.max() >= n))
             ):
-                raise FineError("signals groups (group_ptr/group_members) are inconsistent.", 3)
+                raise InputFileError("signals groups (group_ptr/group_members) are inconsistent.")
             sig.group_ptr, sig.group_members = ptr, mem
     projected.attach(art, sig)  # trak / if features, when train-collect stored them
     return sig
@@ -119,20 +118,20 @@ class EstimateOptions:
 
 def _check_options(opts: EstimateOptions, sig: Signals) -> None:
     if opts.estimator not in ESTIMATOR_FNS:
-        raise FineError(
+        raise ConfigError(
             f"unknown estimator '{opts.estimator}'; choose one of {', '.join(ESTIMATOR_FNS)}."
         )
     if opts.alternative not in ALTERNATIVES:
-        raise FineError(
+        raise ConfigError(
             f"unknown alternative '{opts.alternative}'; choose one of {', '.join(ALTERNATIVES)}."
         )
     if opts.checkpoints is not None and not 1 <= opts.checkpoints <= sig.n_checkpoints:
-        raise FineError(
+        raise ConfigError(
             f"checkpoints is {opts.checkpoints} but the signals hold {sig.n_checkpoints}; "
             f"use 1..{sig.n_checkpoints}, or leave it unset for all."
         )
     if opts.bootstrap == 1 or opts.bootstrap < 0 or opts.permutations < 0:
-        raise FineError(
+        raise ConfigError(
             f"bootstrap ({opts.bootstrap}) must be 0 (none) or at least 2, and permutations "
             f"({opts.permutations}) at least 0."
         )
@@ -183,7 +182,7 @@ def run(
     """
     opts = options or EstimateOptions()
     if method not in METHODS:
-        raise FineError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}.")
+        raise ConfigError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}.")
     sig = signals_view(signals)
     _check_options(opts, sig)
     n_ckpt_all = sig.n_checkpoints
@@ -200,9 +199,7 @@ def run(
         parts = [fn(sig, slice(s, s + QUERY_CHUNK)) for s in range(0, sig.n_queries, QUERY_CHUNK)]
         scores = np.concatenate(parts, axis=0)
     if not np.all(np.isfinite(scores)):
-        raise FineError(
-            f"method '{method}' produced non-finite scores; the signals are degenerate.", 4
-        )
+        raise RunError(f"method '{method}' produced non-finite scores; the signals are degenerate.")
     ptr, members = sig.groups()
     query_index = (
         np.array([-1], dtype=np.int64)

@@ -26,7 +26,7 @@ import numpy as np
 
 from fine_cli import metrics
 from fine_cli.artifacts import Artifact, check_shape, load_artifact, require_finite
-from fine_cli.errors import FineError
+from fine_cli.errors import ConfigError, InputFileError
 
 RANKING_ARRAYS = ("order", "score", "is_flipped")
 # Used when a ranking's config does not say (same as EvaluateConfig's default).
@@ -82,9 +82,9 @@ def _json_safe(v: Any) -> Any:
 def load_rankings(paths: list[str]) -> list[Artifact]:
     """Load ranking files (``-`` = standard input, at most once); FineError on any problem."""
     if not paths:
-        raise FineError("no ranking file given; pass one or more outputs of fine rank.", 2)
+        raise ConfigError("no ranking file given; pass one or more outputs of fine rank.")
     if paths.count("-") > 1:
-        raise FineError("'-' (standard input) can be given only once; pass the others as files.", 2)
+        raise ConfigError("'-' (standard input) can be given only once; pass the others as files.")
     return [load_artifact(p, "ranking", required=RANKING_ARRAYS) for p in paths]
 
 
@@ -103,7 +103,7 @@ def run_recall(rankings: list[Artifact], p_grid: list[float] | None = None) -> R
         a bad ``p_grid``.
     """
     if not rankings:
-        raise FineError("no ranking given; pass one or more outputs of fine rank.", 2)
+        raise ConfigError("no ranking given; pass one or more outputs of fine rank.")
     if p_grid is not None:
         _check_grid(p_grid, "p_grid")
     labels = _labels(rankings)
@@ -139,34 +139,31 @@ def _checked_arrays(art: Artifact, label: str) -> tuple[np.ndarray, np.ndarray]:
     """``is_flipped`` ``(G,)`` bool and scores ``(G,)`` oriented so higher = ranked earlier."""
     for key in RANKING_ARRAYS:
         if key not in art:
-            raise FineError(
-                f"ranking '{label}' lacks the array '{key}'; re-create it with fine rank.", 3
+            raise InputFileError(
+                f"ranking '{label}' lacks the array '{key}'; re-create it with fine rank."
             )
     check_shape(art, "order", (None,))
     g = int(art["order"].shape[0])
     for key in RANKING_ARRAYS:
         check_shape(art, key, (g,))
     if g == 0:
-        raise FineError(f"ranking '{label}' is empty; re-create it with fine rank.", 3)
+        raise InputFileError(f"ranking '{label}' is empty; re-create it with fine rank.")
     require_finite(art, ("score",))
     if "train_index" in art and np.any(np.asarray(art["train_index"]) < 0):
-        raise FineError(
+        raise InputFileError(
             f"ranking '{label}' ranks multi-point subsets, for which is_flipped does not "
             "mark one mislabelled point; recall needs a ranking of single training points.",
-            3,
         )
     flipped = np.asarray(art["is_flipped"]).astype(np.bool_)
     if not flipped.any():
-        raise FineError(
+        raise InputFileError(
             f"ranking '{label}' has no flipped points, and recall needs known flipped points "
             "(train with data.label_noise > 0).",
-            3,
         )
     if flipped.all():
-        raise FineError(
+        raise InputFileError(
             f"ranking '{label}' has only flipped points, so recall cannot tell rankings "
             "apart; train with data.label_noise < 1.",
-            3,
         )
     return flipped, _oriented(np.asarray(art["score"], dtype=np.float64), label)
 
@@ -178,10 +175,9 @@ def _oriented(score: np.ndarray, label: str) -> np.ndarray:
         return score
     if np.all(step >= 0):
         return -score
-    raise FineError(
+    raise InputFileError(
         f"ranking '{label}' has scores that are not sorted along its order; it is "
         "inconsistent; re-create it with fine rank.",
-        3,
     )
 
 
@@ -201,10 +197,9 @@ def _check_grid(grid: Any, name: str) -> None:
         isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p <= 100 for p in grid
     )
     if not ok:
-        raise FineError(
+        raise ConfigError(
             f"{name} must be a non-empty list of percentages in [0, 100], got {grid!r}; "
             "e.g. evaluate.p_grid=[0,10,20,50,100].",
-            2,
         )
 
 
@@ -286,41 +281,37 @@ def load_runs(run_dirs: list[str], methods: list[str] | None = None) -> dict[str
             directory, a method missing from a run, or no method common to all runs.
     """
     if len(run_dirs) < 2:
-        raise FineError(
+        raise ConfigError(
             f"got {len(run_dirs)} run directory; comparing runs needs at least two "
             "(e.g. runs/mislabel_recall/seed-0 runs/mislabel_recall/seed-1).",
-            2,
         )
     resolved = [Path(d).resolve() for d in run_dirs]
     for d, r in zip(run_dirs, resolved, strict=True):
         if not r.is_dir():
             what = "does not exist" if not r.exists() else "is not a directory"
-            raise FineError(
+            raise InputFileError(
                 f"run '{d}' {what}; pass directories holding ranking-<method>.npz files "
                 "(one per training run, as fine run writes them).",
-                3,
             )
     dupes = [d for d, r in zip(run_dirs, resolved, strict=True) if resolved.count(r) > 1]
     if dupes:
-        raise FineError(f"run '{dupes[0]}' is given twice; pass each run once.", 2)
+        raise ConfigError(f"run '{dupes[0]}' is given twice; pass each run once.")
     found = [_methods_in(r) for r in resolved]
     if methods:
         for d, have in zip(run_dirs, found, strict=True):
             lacking = [m for m in methods if m not in have]
             if lacking:
-                raise FineError(
+                raise InputFileError(
                     f"run '{d}' has no ranking-{lacking[0]}.npz; rank that method there "
                     "(fine estimate, fine rank) or leave it out of --method.",
-                    3,
                 )
         chosen = list(dict.fromkeys(methods))
     else:
         common = set.intersection(*found)
         if not common:
-            raise FineError(
+            raise InputFileError(
                 "the runs have no ranking-<method>.npz in common; rank the same methods in "
                 "every run.",
-                3,
             )
         chosen = sorted(common, key=_method_order)
     return {
@@ -376,7 +367,7 @@ def _across(
     fn: Any,
 ) -> AcrossRunsReport:
     if not runs:
-        raise FineError("no method to compare across runs.", 2)
+        raise ConfigError("no method to compare across runs.")
     if p_grid is not None:
         _check_grid(p_grid, "p_grid")
     out = []
@@ -385,7 +376,7 @@ def _across(
         grid = p_grid if p_grid is not None else _grid_of(arts[0], method)
         grid = [float(p) for p in grid if p > 0]
         if not grid:
-            raise FineError("the p grid holds only 0; give percentages above 0.", 2)
+            raise ConfigError("the p grid holds only 0; give percentages above 0.")
         values = [fn(orders, scores, p) for p in grid]
         out.append(MethodAcrossRuns(method, len(arts), int(scores.shape[1]), grid, values))
     return AcrossRunsReport(measure=measure, run_dirs=run_dirs, methods=out)
@@ -395,7 +386,7 @@ def _aligned(method: str, arts: list[Artifact]) -> tuple[list[np.ndarray], np.nd
     """Per run, the ranking's subset positions best first ``(G,)``, and scores
     ``(runs, G)`` indexed by subset position; refuses runs that cannot be compared."""
     if len(arts) < 2:
-        raise FineError(f"method '{method}' has a ranking in {len(arts)} run only; need 2+.", 2)
+        raise ConfigError(f"method '{method}' has a ranking in {len(arts)} run only; need 2+.")
     orders, scores = [], []
     first = arts[0]
     for art in arts:
@@ -406,10 +397,9 @@ def _aligned(method: str, arts: list[Artifact]) -> tuple[list[np.ndarray], np.nd
         require_finite(art, ("score",))
         order = np.asarray(art["order"], dtype=np.int64)
         if g != first["order"].shape[0] or not np.array_equal(np.sort(order), np.arange(g)):
-            raise FineError(
+            raise InputFileError(
                 f"ranking '{label}' does not rank the same {first['order'].shape[0]} subsets as "
                 f"'{first.source}'; compare runs trained on the same data.",
-                3,
             )
         if "train_index" in art and "train_index" in first:
             same = np.array_equal(
@@ -417,16 +407,14 @@ def _aligned(method: str, arts: list[Artifact]) -> tuple[list[np.ndarray], np.nd
                 np.asarray(first["train_index"])[np.argsort(first["order"])],
             )
             if not same:
-                raise FineError(
+                raise InputFileError(
                     f"ranking '{label}' ranks other training points than '{first.source}'; "
                     "compare runs trained on the same data (same data.* settings).",
-                    3,
                 )
         if art.meta.get("query") != first.meta.get("query"):
-            raise FineError(
+            raise InputFileError(
                 f"ranking '{label}' ranks for query {art.meta.get('query')!r} but "
                 f"'{first.source}' for {first.meta.get('query')!r}; rank every run the same way.",
-                3,
             )
         per_subset = np.empty(g, dtype=np.float64)
         per_subset[order] = np.asarray(art["score"], dtype=np.float64)
@@ -444,9 +432,8 @@ def _refuse_same_seed(method: str, arts: list[Artifact]) -> None:
             continue
         key = json.dumps(seeds, sort_keys=True)
         if key in seen:
-            raise FineError(
+            raise InputFileError(
                 f"the {method} rankings '{seen[key]}' and '{art.source}' come from the same "
                 "training seeds, so they agree trivially; compare runs of different seeds.",
-                3,
             )
         seen[key] = art.source

@@ -23,7 +23,7 @@ import numpy as np
 
 from fine_cli.artifacts import Artifact, load_artifact, save_artifact
 from fine_cli.config import Config, config_from_dict, config_to_dict
-from fine_cli.errors import FineError
+from fine_cli.errors import ConfigError
 from fine_cli.stages import estimate, evaluate, rank, train_collect
 from fine_cli.stages.evaluate import AcrossRunsReport, RecallReport
 
@@ -79,16 +79,16 @@ def run(
     seeds = list(cfg.experiment.seeds)
     methods: list[str] = list(dict.fromkeys(cfg.experiment.methods))
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-        raise FineError(
+        raise ConfigError(
             f"experiment.seeds is {seeds}; give at least two different seeds, e.g. [0, 1, 2], "
             "so that runs can be compared."
         )
     if cfg.collect.mode != "self":
-        raise FineError(
+        raise ConfigError(
             "fine run measures mislabel detection by self-influence; set collect.mode=self."
         )
     if cfg.data.label_noise <= 0:
-        raise FineError("fine run needs flipped labels to find; set data.label_noise above 0.")
+        raise ConfigError("fine run needs flipped labels to find; set data.label_noise above 0.")
     out = Path(out_dir)
     runs: list[SeedRun] = []
     recall: list[RecallReport] = []

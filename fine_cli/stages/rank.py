@@ -7,7 +7,7 @@ from typing import Any, Literal
 import numpy as np
 
 from fine_cli.artifacts import Artifact, check_shape, make_meta, require_finite
-from fine_cli.errors import FineError
+from fine_cli.errors import ConfigError
 from fine_cli.estimators import null
 
 INFLUENCE_REQUIRED = (
@@ -41,7 +41,7 @@ def run(
     row: int | None = None
     if query is not None:
         if not 0 <= query < n_q:
-            raise FineError(
+            raise ConfigError(
                 f"--query {query} is out of range: the file has {n_q} test point(s) (0..{n_q - 1})."
             )
         row, label = query, str(query)
@@ -105,16 +105,16 @@ def _per_query_extras(
     """stderr, pvalue (and qvalue, selected with ``fdr``), each (G,), of query ``row``."""
     present = [k for k in ("stderr", "pvalue") if k in influence]
     if fdr is not None and not 0.0 < fdr < 1.0:
-        raise FineError(f"--fdr must lie strictly between 0 and 1, e.g. 0.05; got {fdr}.")
+        raise ConfigError(f"--fdr must lie strictly between 0 and 1, e.g. 0.05; got {fdr}.")
     if row is None:
         if fdr is not None:
-            raise FineError(
+            raise ConfigError(
                 "--fdr selects among the subsets of one test point; add --query K "
                 "(p-values of an aggregate over test points are not defined)."
             )
         return {}
     if fdr is not None and "pvalue" not in influence:
-        raise FineError(
+        raise ConfigError(
             "--fdr needs p-values, which this influence file lacks; re-run fine estimate "
             "with --method fine and --permutations K (K > 0)."
         )

@@ -25,7 +25,7 @@ from scipy import stats
 
 from fine_cli.artifacts import Artifact
 from fine_cli.config import ESTIMATORS
-from fine_cli.errors import FineError
+from fine_cli.errors import ConfigError
 from fine_cli.estimators.fine import ESTIMATOR_FNS
 from fine_cli.estimators.samples import first_checkpoints, query_samples, self_samples
 from fine_cli.stages.estimate import signals_view
@@ -85,24 +85,24 @@ def run(
     sig = signals_view(signals)
     if checkpoints is not None:
         if not 1 <= checkpoints <= sig.n_checkpoints:
-            raise FineError(
+            raise ConfigError(
                 f"--checkpoints {checkpoints} is out of range; the signals hold "
                 f"{sig.n_checkpoints} (use 1..{sig.n_checkpoints})."
             )
         sig = first_checkpoints(sig, checkpoints)
     if not 0 <= subset < sig.n_subsets:
-        raise FineError(
+        raise ConfigError(
             f"--subset {subset} is out of range: the signals have {sig.n_subsets} subsets "
             f"(0..{sig.n_subsets - 1})."
         )
     if sig.mode == "self":
         if query is not None:
-            raise FineError("--query applies to test-mode signals; these are in self mode.")
+            raise ConfigError("--query applies to test-mode signals; these are in self mode.")
         x_all, y_all = self_samples(sig)
         x, y = x_all[subset], y_all[subset]
     else:
         if query is None or not 0 <= query < sig.n_queries:
-            raise FineError(
+            raise ConfigError(
                 f"test-mode signals need --query in 0..{sig.n_queries - 1} (the test point)."
             )
         xq, yq = query_samples(sig, slice(query, query + 1))

@@ -29,7 +29,7 @@ from torch import nn
 from fine_cli.artifacts import make_meta
 from fine_cli.config import Config, config_to_dict
 from fine_cli.data import LoadedData, load_data
-from fine_cli.errors import FineError
+from fine_cli.errors import ConfigError, RunError
 from fine_cli.features import FEATURE_METHODS, FeatureRequest, collect, describe
 from fine_cli.grads import GradEngine
 from fine_cli.models import build_model
@@ -74,9 +74,11 @@ def resolve_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise FineError(f"train.device '{name}' is not a device; use auto, cpu or cuda.") from None
+        raise ConfigError(
+            f"train.device '{name}' is not a device; use auto, cpu or cuda."
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FineError(
+        raise ConfigError(
             f"train.device is '{name}' but no CUDA device is available; use auto or cpu."
         )
     return dev
@@ -87,7 +89,7 @@ def checkpoint_epochs(epochs: int, n_checkpoints: int | None) -> np.ndarray:
     if n_checkpoints is None:
         return np.arange(1, epochs + 1, dtype=np.int64)
     if n_checkpoints > epochs:
-        raise FineError(
+        raise ConfigError(
             f"collect.checkpoints is {n_checkpoints} but train.epochs is only {epochs}; "
             "ask for at most one checkpoint per epoch."
         )
@@ -134,13 +136,13 @@ def _test_points(
         pos = np.asarray(tp.indices, dtype=np.int64)
         bad = pos[(pos < 0) | (pos >= size)]
         if bad.size:
-            raise FineError(
+            raise ConfigError(
                 f"collect.test_points.indices holds {int(bad[0])}, outside the {tp.source} split "
                 f"of {size} points; use positions 0..{size - 1}."
             )
     else:
         if tp.n > size:
-            raise FineError(
+            raise ConfigError(
                 f"collect.test_points.n is {tp.n} but the {tp.source} split has {size} points; "
                 "lower it."
             )
@@ -153,11 +155,13 @@ def read_groups(path: str, train_index: np.ndarray) -> tuple[np.ndarray, np.ndar
     """Groups file: JSON list of lists of source indices -> CSR (ptr, member positions)."""
     p = Path(path)
     if not p.is_file():
-        raise FineError(f"collect.groups_file '{path}' does not exist; give a JSON list of lists.")
+        raise ConfigError(
+            f"collect.groups_file '{path}' does not exist; give a JSON list of lists."
+        )
     try:
         groups = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise FineError(
+        raise ConfigError(
             f"collect.groups_file '{path}' is not valid JSON; give a list of lists."
         ) from None
     if (
@@ -165,14 +169,14 @@ def read_groups(path: str, train_index: np.ndarray) -> tuple[np.ndarray, np.ndar
         or not groups
         or not all(isinstance(g, list) and g and all(isinstance(i, int) for i in g) for g in groups)
     ):
-        raise FineError(
+        raise ConfigError(
             f"collect.groups_file '{path}' must be a non-empty JSON list of non-empty lists of "
             "integer training indices, e.g. [[0, 5], [7]]."
         )
     where = {int(s): i for i, s in enumerate(train_index)}
     missing = [i for g in groups for i in g if i not in where]
     if missing:
-        raise FineError(
+        raise ConfigError(
             f"collect.groups_file '{path}' names training index {missing[0]}, which is not in "
             "the training set used (check data.n_train)."
         )
@@ -364,6 +368,6 @@ def _collect(
 def _check_finite(buf: _Buffers) -> None:
     for k in ("sqnorm", "ip", "loss"):
         if not np.all(np.isfinite(getattr(buf, k))):
-            raise FineError(
-                f"training diverged: non-finite values in the collected '{k}'; lower train.lr.", 4
+            raise RunError(
+                f"training diverged: non-finite values in the collected '{k}'; lower train.lr."
             )

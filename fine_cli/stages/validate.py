@@ -34,7 +34,7 @@ from fine_cli import metrics
 from fine_cli.artifacts import Artifact, check_shape, make_meta
 from fine_cli.config import ESTIMATORS, Config, config_to_dict
 from fine_cli.data import LoadedData, load_data
-from fine_cli.errors import FineError
+from fine_cli.errors import ConfigError, InputFileError
 from fine_cli.estimators.fine import auc_with
 from fine_cli.models import build_model
 from fine_cli.stages import estimate, train_collect
@@ -133,7 +133,9 @@ def run_truth(
     of a truth artifact (docs/ARTIFACTS.md). ``data`` replaces ``load_data(cfg.data)``."""
     m = cfg.validation.models
     if m % 2:
-        raise FineError(f"validation.models must be even (each point in half the models), got {m}.")
+        raise ConfigError(
+            f"validation.models must be even (each point in half the models), got {m}."
+        )
     device = resolve_device(cfg.train.device)
     data = data if data is not None else load_data(cfg.data)
     n = len(data.train)
@@ -306,16 +308,14 @@ def check_same_data(truth: Artifact, signals: Artifact, label: str) -> None:
         and np.array_equal(signals["flip_mask"], truth["flip_mask"])
     )
     if not same:
-        raise FineError(
+        raise InputFileError(
             f"signals '{label}' were collected on other training data (points or flipped labels "
             "differ) than the ground truth; use the same data settings for both.",
-            3,
         )
     if signals.meta.get("mode") != "self":
-        raise FineError(
+        raise InputFileError(
             f"signals '{label}' are in {signals.meta.get('mode')} mode; validate compares "
             "self-influence, so collect them with collect.mode=self.",
-            3,
         )
 
 
@@ -335,7 +335,7 @@ def run(
     """Score every method on each signals file and compare with the truth."""
     check_truth(truth)
     if not signals:
-        raise FineError("no signals to validate; pass --signals files or let validate collect.")
+        raise ConfigError("no signals to validate; pass --signals files or let validate collect.")
     for i, s in enumerate(signals):
         check_same_data(truth, s, s.source or f"#{i}")
     runs = [method_scores(s, list(cfg.experiment.methods), options) for s in signals]
