@@ -1,4 +1,5 @@
-"""The .npz contracts between stages: save/load, schema version, provenance, validation.
+"""Saving and loading results (:mod:`fine_cli.results`) as ``.npz`` files: the one place
+that touches them.
 
 An artifact is an ``.npz`` file with plain numeric/string arrays and one JSON metadata
 string (``__meta__``) that says what made it: its kind and schema version, the resolved
@@ -10,83 +11,31 @@ Nothing is ever unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-import platform
 import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 
 from fine_cli.errors import FineError, InputFileError, RunError
+from fine_cli.results import (
+    MADE_BY,
+    RESULT_TYPES,
+    SCHEMA_VERSIONS,
+    Influence,
+    Ranking,
+    Result,
+    Signals,
+    Truth,
+)
 
-# Bump a kind's version whenever its arrays change meaning; readers refuse other versions.
-SCHEMA_VERSIONS = {"signals": 1, "influence": 1, "ranking": 1, "truth": 1}
 META_KEY = "__meta__"
-# Which stage makes each kind, for error messages that say what to run.
-MADE_BY = {
-    "signals": "fine train-collect",
-    "influence": "fine estimate",
-    "ranking": "fine rank",
-    "truth": "fine validate --save-truth",
-}
-
-
-@dataclass
-class Artifact:
-    """Arrays plus metadata of one loaded artifact."""
-
-    kind: str
-    arrays: dict[str, np.ndarray]
-    meta: dict[str, Any]
-    sha256: str = ""
-    source: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        return self.arrays[key]
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.arrays
-
-
-def versions() -> dict[str, str]:
-    """Package versions worth recording for reproducibility."""
-    out = {"python": platform.python_version()}
-    for name in ("numpy", "torch", "scipy", "fine_cli"):
-        mod = sys.modules.get(name)
-        if mod is None and name != "fine_cli":
-            try:
-                mod = __import__(name)
-            except ImportError:
-                continue
-        if name == "fine_cli":
-            from importlib.metadata import PackageNotFoundError, version
-
-            try:
-                out[name] = version("fine-cli")
-            except PackageNotFoundError:
-                out[name] = "unknown"
-        elif mod is not None:
-            out[name] = str(getattr(mod, "__version__", "unknown"))
-    return out
-
-
-def make_meta(kind: str, **fields: Any) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "kind": kind,
-        "schema_version": SCHEMA_VERSIONS[kind],
-        "versions": versions(),
-    }
-    meta.update(fields)
-    return meta
 
 
 def _to_bytes(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bytes:
@@ -100,17 +49,22 @@ def _to_bytes(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def save_artifact(path: str, kind: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
-    """Write an artifact atomically (``-`` = stdout); returns its sha256."""
-    if meta.get("kind") != kind:
-        raise ValueError(f"meta kind {meta.get('kind')!r} != {kind!r}")
-    data = _to_bytes(arrays, meta)
-    digest = hashlib.sha256(data).hexdigest()
+def save(result: Result, path: str) -> None:
+    """Write a result atomically to ``path`` (``-`` = standard output)."""
+    if result.meta.get("kind") != result.kind:
+        raise ValueError(f"meta kind {result.meta.get('kind')!r} != {result.kind!r}")
+    data = _to_bytes(result.arrays, result.meta)
     if path == "-":
         write_stdout(data)
-        return digest
+        return
     atomic_write(path, lambda fh: fh.write(data))
-    return digest
+
+
+def save_artifact(
+    path: str, kind: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]
+) -> None:
+    """Write arrays and metadata as a result of ``kind`` (see :func:`save`)."""
+    save(RESULT_TYPES[kind](arrays=arrays, meta=meta), path)
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
@@ -179,8 +133,10 @@ def _read_bytes(path: str, kind: str) -> bytes:
     return p.read_bytes()
 
 
-def load_artifact(path: str, kind: str, required: tuple[str, ...] = ()) -> Artifact:
-    """Load and validate an artifact of the given kind, or raise FineError with one sentence."""
+def load(path: str, kind: str, required: tuple[str, ...] | None = None) -> Result:
+    """Load a result of ``kind`` (``-`` = standard input) and validate it: its own schema
+    (shapes, finiteness) and ``required`` arrays (default: the kind's); raise
+    InputFileError with one sentence on any problem."""
     data = _read_bytes(path, kind)
     name = "standard input" if path == "-" else f"'{path}'"
     try:
@@ -191,7 +147,7 @@ def load_artifact(path: str, kind: str, required: tuple[str, ...] = ()) -> Artif
             if META_KEY not in files:
                 raise InputFileError(
                     f"{name} is an .npz file but not one written by fine (no metadata); "
-                    f"pass a {kind} file made by {MADE_BY[kind]}.",
+                    f"pass a {kind} file made by {MADE_BY[kind]}."
                 )
             arrays = {k: npz[k] for k in files if k != META_KEY}
             meta = json.loads(str(npz[META_KEY]))
@@ -200,53 +156,50 @@ def load_artifact(path: str, kind: str, required: tuple[str, ...] = ()) -> Artif
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, json.JSONDecodeError):
         raise InputFileError(
             f"{name} is not a readable .npz file (truncated or corrupt?); "
-            f"re-create it with {MADE_BY[kind]}.",
+            f"re-create it with {MADE_BY[kind]}."
         ) from None
+    if not isinstance(meta, dict):
+        raise InputFileError(
+            f"{name} has metadata that is not a mapping; re-create it with {MADE_BY[kind]}."
+        )
     got_kind = meta.get("kind")
     if got_kind != kind:
         hint = f" (it was made by {MADE_BY[got_kind]})" if got_kind in MADE_BY else ""
         raise InputFileError(
             f"{name} is a {got_kind or 'unknown'} file{hint}, but a {kind} file is needed; "
-            f"pass the output of {MADE_BY[kind]}.",
+            f"pass the output of {MADE_BY[kind]}."
         )
     want = SCHEMA_VERSIONS[kind]
     if meta.get("schema_version") != want:
         raise InputFileError(
             f"{name} has {kind} schema version {meta.get('schema_version')}, this fine reads "
-            f"version {want}; re-create it with this version's {MADE_BY[kind]}.",
+            f"version {want}; re-create it with this version's {MADE_BY[kind]}."
         )
-    missing = [k for k in required if k not in arrays]
-    if missing:
-        raise InputFileError(
-            f"{name} lacks the array(s) {', '.join(missing)}; it is damaged or was edited; "
-            f"re-create it with {MADE_BY[kind]}.",
-        )
-    return Artifact(
-        kind=kind,
-        arrays=arrays,
-        meta=meta,
-        sha256=hashlib.sha256(data).hexdigest(),
-        source=path,
-    )
+    result = RESULT_TYPES[kind](arrays=arrays, meta=meta, source=path)
+    result.validate(required)
+    return result
 
 
-def require_finite(art: Artifact, keys: tuple[str, ...]) -> None:
-    """Refuse NaN/inf in the named float arrays with a sentence naming the array."""
-    for k in keys:
-        a = art.arrays.get(k)
-        if a is not None and a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-            bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
-            raise InputFileError(
-                f"{art.kind} array '{k}' holds {bad} NaN/inf value(s) (training diverged?); "
-                "lower train.lr or re-run train-collect.",
-            )
+def load_signals(path: str) -> Signals:
+    """A signals file (``-`` = standard input), validated."""
+    return cast(Signals, load(path, "signals"))
 
 
-def check_shape(art: Artifact, key: str, shape: tuple[int | None, ...]) -> None:
-    a = art.arrays[key]
-    ok = a.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, a.shape))
-    if not ok:
-        raise InputFileError(
-            f"{art.kind} array '{key}' has shape {a.shape}, expected {shape} "
-            f"(None = any); the file is inconsistent; re-create it with {MADE_BY[art.kind]}.",
-        )
+def load_influence(path: str) -> Influence:
+    """An influence file, validated."""
+    return cast(Influence, load(path, "influence"))
+
+
+def load_ranking(path: str) -> Ranking:
+    """A ranking file, validated."""
+    return cast(Ranking, load(path, "ranking"))
+
+
+def load_truth(path: str) -> Truth:
+    """A ground-truth file of ``fine validate --save-truth``, validated."""
+    return cast(Truth, load(path, "truth"))
+
+
+def load_artifact(path: str, kind: str, required: tuple[str, ...] = ()) -> Result:
+    """:func:`load` with only the kind's own checks plus ``required``."""
+    return load(path, kind, tuple(dict.fromkeys(RESULT_TYPES[kind].REQUIRED + required)))

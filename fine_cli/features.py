@@ -6,10 +6,8 @@ space):
 
 - ``proj_grad[e, i] = S grad f_e(z_i)``, the gradient of TRAK's model output function
   ``f(z) = log(p / (1 - p))`` (``p``: softmax probability of the label) for model ``e``.
-  The engine differentiates the cross-entropy of a model's output, so the model is wrapped
-  to output ``[0, f - stop_grad(f)]`` with label 1: its loss is ``log 2`` for every point and
-  its gradient exactly ``-grad f / 2``. Nothing is divided by ``1 - p``, which underflows for
-  well-fitted points.
+  The engine differentiates ``f`` itself (the task :class:`~fine_cli.tasks.OutputFunctionTask`);
+  nothing is divided by ``1 - p``, which underflows for well-fitted points.
 - ``one_minus_p[e, i] = 1 - p = sigmoid(-f)``: TRAK's weight ``Q``; the loss gradient is
   ``grad loss = -(1 - p) grad f``, so influence functions need no second sketch.
 - ``ggn = S G S^T``: the Gauss-Newton matrix of the main model's mean training loss, which
@@ -31,54 +29,19 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
+from fine_cli.batches import chunks
 from fine_cli.grads import GradEngine
+from fine_cli.tasks import ClassificationTask, OutputFunctionTask
 
-# Methods whose scores need the arrays of this module; train-collect collects them only
-# when the config lists one of these.
-FEATURE_METHODS = ("trak", "if")
 # Rows per float64 block when the per-class sketches are folded into the (k, k) curvature.
 GGN_BLOCK = 4096
 
 
-class MarginFunction(nn.Module):
-    """``model`` seen through TRAK's output function, for the engine.
-
-    Input ``(n, prod(input_shape) + 1)``: the flattened inputs with the label in the last
-    column (the engine passes only inputs to a model). Output ``(n, 2)``: ``[0, t]`` with
-    ``t = f - stop_grad(f)``, so ``cross_entropy(out, 1)`` has gradient ``-grad f / 2``.
-
-    The model's children and direct parameters are registered here under their own names,
-    so parameter names, and with them the sketch's hashes, are those of ``model`` itself.
-    """
-
-    def __init__(self, model: nn.Module, input_shape: Sequence[int]) -> None:
-        super().__init__()
-        self._inner = (model,)  # a tuple: not registered as a submodule (that would prefix names)
-        for name, child in model.named_children():
-            self.add_module(name, child)
-        for name, p in model.named_parameters(recurse=False):
-            self.register_parameter(name, p)
-        self.input_shape = tuple(input_shape)
-
-    def forward(self, xy: Tensor) -> Tensor:
-        x = xy[:, :-1].reshape(-1, *self.input_shape)
-        y = xy[:, -1].round().long()
-        f = output_function(self._inner[0](x), y)
-        t = f - f.detach()  # value 0, gradient grad f
-        return torch.stack([torch.zeros_like(t), t], dim=1)
-
-
 def output_function(logits: Tensor, y: Tensor) -> Tensor:
     """``(n,)`` ``f = log(p / (1 - p)) = z_y - logsumexp_{c != y} z_c`` of ``(n, C)`` logits."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.scatter(1, y[:, None], float("-inf"))
-    return true - torch.logsumexp(others, dim=1)
-
-
-def with_labels(x: Tensor, y: Tensor) -> Tensor:
-    """``(n, prod(input_shape) + 1)``: what :class:`MarginFunction` takes."""
-    return torch.cat([x.reshape(x.shape[0], -1), y[:, None].to(x.dtype)], dim=1)
+    return ClassificationTask().output_function(logits, y)
 
 
 @contextmanager
@@ -92,42 +55,35 @@ def _eval(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
-def probabilities(model: nn.Module, x: Tensor, chunk: int) -> Tensor:
+def probabilities(model: nn.Module, data: Dataset, chunk: int) -> Tensor:  # type: ignore[type-arg]
     """``(n, C)`` float64 softmax probabilities in eval mode."""
     with torch.no_grad(), _eval(model):
-        logits = [model(x[s : s + chunk]).double() for s in range(0, x.shape[0], chunk)]
+        logits = [model(x).double() for _, x, _ in chunks(data, chunk)]
     return torch.softmax(torch.cat(logits), dim=1)
 
 
-def one_minus_p(model: nn.Module, x: Tensor, y: Tensor, chunk: int) -> Tensor:
+def one_minus_p(model: nn.Module, data: Dataset, chunk: int) -> Tensor:  # type: ignore[type-arg]
     """``(n,)`` float64 ``1 - p(y | x) = sigmoid(-f)``, accurate where ``p`` rounds to 1."""
     with torch.no_grad(), _eval(model):
-        f = [
-            output_function(model(x[s : s + chunk]).double(), y[s : s + chunk])
-            for s in range(0, x.shape[0], chunk)
-        ]
+        f = [output_function(model(x).double(), y) for _, x, y in chunks(data, chunk)]
     return torch.sigmoid(-torch.cat(f))
 
 
-def margin_grads(
-    model: nn.Module,
-    input_shape: Sequence[int],
-    x: Tensor,
-    y: Tensor,
-    k: int,
-    seed: int,
-    chunk: int,
-) -> Tensor:
-    """``(n, k)`` float32 ``S grad f(z_i)``: TRAK's features of one model."""
-    wrapped = MarginFunction(model, input_shape)
-    engine = GradEngine(wrapped, chunk_size=chunk)
-    ones = torch.ones_like(y)
+def margin_grads(model: nn.Module, data: Dataset, k: int, seed: int, chunk: int) -> Tensor:  # type: ignore[type-arg]
+    """``(n, k)`` float32 ``S grad f(z_i)``: TRAK's features of one model (the engine
+    differentiates the output function itself, :class:`~fine_cli.tasks.OutputFunctionTask`)."""
+    engine = GradEngine(model, chunk_size=chunk, task=OutputFunctionTask())
     with _eval(model):
-        return -2.0 * engine.project(with_labels(x, y), ones, k, seed)
+        return torch.cat([engine.project(x, y, k, seed) for _, x, y in chunks(data, chunk)])
 
 
 def gauss_newton(
-    model: nn.Module, x: Tensor, n_classes: int, k: int, seed: int, chunk: int
+    model: nn.Module,
+    data: Dataset,  # type: ignore[type-arg]
+    n_classes: int,
+    k: int,
+    seed: int,
+    chunk: int,
 ) -> np.ndarray:
     """``(k, k)`` float64 ``S G S^T``, ``G`` the Gauss-Newton matrix of the mean loss.
 
@@ -135,13 +91,17 @@ def gauss_newton(
     with ``g_ic = J_i^T (p_i - e_c)`` the loss gradient of ``x_i`` labelled ``c``.
     """
     engine = GradEngine(model, chunk_size=chunk)
-    p = probabilities(model, x, chunk)  # (n, C)
-    n = x.shape[0]
+    p = probabilities(model, data, chunk)  # (n, C)
+    n = p.shape[0]
     out = torch.zeros(k, k, dtype=torch.float64)
     for c in range(n_classes):
-        label = torch.full((n,), c, dtype=torch.long, device=x.device)
         with _eval(model):
-            sk = engine.project(x, label, k, seed)  # (n, k)
+            sk = torch.cat(
+                [
+                    engine.project(x, torch.full((x.shape[0],), c, dtype=torch.long), k, seed)
+                    for _, x, _ in chunks(data, chunk)
+                ]
+            )  # (n, k)
         for s0 in range(0, n, GGN_BLOCK):
             w = sk[s0 : s0 + GGN_BLOCK].double() * p[s0 : s0 + GGN_BLOCK, c, None].sqrt()
             out += (w.T @ w).cpu()
@@ -157,7 +117,6 @@ class FeatureRequest:
     seed: int
     chunk_size: int
     n_classes: int
-    input_shape: tuple[int, ...]
     timing: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -172,9 +131,8 @@ class FeatureRequest:
 def collect(
     req: FeatureRequest,
     models: Sequence[nn.Module],
-    x: Tensor,
-    y: Tensor,
-    queries: tuple[Tensor, Tensor] | None = None,
+    data: Dataset,  # type: ignore[type-arg]
+    queries: Dataset | None = None,  # type: ignore[type-arg]
 ) -> dict[str, np.ndarray]:
     """Arrays of docs/ARTIFACTS.md ("projected features") for ``models`` at their current
     weights: ``proj_grad`` ``(E, n, k)``, ``one_minus_p`` ``(E, n)``, ``ggn`` ``(k, k)`` when
@@ -182,29 +140,28 @@ def collect(
     ``queries`` ``(x (m, ...), y (m,))``. ``req.timing`` gets seconds per part."""
     e = req.n_models(len(models))
     k, seed, chunk = req.proj_dim, req.seed, req.chunk_size
-    n = x.shape[0]
+    n = len(data)  # type: ignore[arg-type]
     out: dict[str, np.ndarray] = {
         "proj_grad": np.zeros((e, n, k), np.float32),
         "one_minus_p": np.zeros((e, n), np.float64),
     }
     t0 = time.perf_counter()
     for mi, model in enumerate(models[:e]):
-        out["proj_grad"][mi] = margin_grads(model, req.input_shape, x, y, k, seed, chunk).cpu()
-        out["one_minus_p"][mi] = one_minus_p(model, x, y, chunk).cpu()
+        out["proj_grad"][mi] = margin_grads(model, data, k, seed, chunk).cpu()
+        out["one_minus_p"][mi] = one_minus_p(model, data, chunk).cpu()
         req.timing[f"proj_model{mi}_s"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
     if queries is not None:
-        xq, yq = queries
         out["test_proj_grad"] = np.stack(
-            [margin_grads(m, req.input_shape, xq, yq, k, seed, chunk).cpu() for m in models[:e]]
+            [margin_grads(m, queries, k, seed, chunk).cpu() for m in models[:e]]
         )
         out["test_one_minus_p"] = np.stack(
-            [one_minus_p(m, xq, yq, chunk).cpu() for m in models[:e]]
+            [one_minus_p(m, queries, chunk).cpu() for m in models[:e]]
         )
         req.timing["proj_test_s"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
     if "if" in req.methods:
-        out["ggn"] = gauss_newton(models[0], x, req.n_classes, k, seed, chunk)
+        out["ggn"] = gauss_newton(models[0], data, req.n_classes, k, seed, chunk)
         req.timing["ggn_s"] = round(time.perf_counter() - t0, 3)
     return out
 

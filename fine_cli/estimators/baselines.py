@@ -16,20 +16,23 @@ Signs: larger = more influential (self mode: more suspicious), as for f-INE.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from fine_cli.estimators.samples import MAIN, Signals, _times, membership
+from fine_cli.estimators.samples import MAIN, SignalView, _times, membership
+from fine_cli.registry import Method, register
 
 # Guards divisions by a zero gradient norm (a point fitted exactly).
 NORM_EPS = 1e-30
 
 
-def _lr_weights(sig: Signals) -> np.ndarray:
+def _lr_weights(sig: SignalView) -> np.ndarray:
     lr = sig.lr.astype(np.float64)
     return lr / lr.sum()
 
 
-def tracin(sig: Signals, queries: slice | None = None) -> np.ndarray:
+def tracin(sig: SignalView, queries: slice | None = None, options: Any = None) -> np.ndarray:
     """(q, G) TracIn scores."""
     lr = sig.lr.astype(np.float64)
     ptr, members = sig.groups()
@@ -43,7 +46,7 @@ def tracin(sig: Signals, queries: slice | None = None) -> np.ndarray:
     return _times(np.einsum("c,cqn->qn", lr, gram), mem)
 
 
-def grad_cos(sig: Signals, queries: slice | None = None) -> np.ndarray:
+def grad_cos(sig: SignalView, queries: slice | None = None, options: Any = None) -> np.ndarray:
     """(q, G) gradient-cosine scores."""
     w = _lr_weights(sig)
     ptr, members = sig.groups()
@@ -61,7 +64,7 @@ def grad_cos(sig: Signals, queries: slice | None = None) -> np.ndarray:
     return _times(np.einsum("c,cqn->qn", w, cos), mem) / size
 
 
-def _self_disagreement(sig: Signals) -> np.ndarray:
+def _self_disagreement(sig: SignalView) -> np.ndarray:
     """(C, n) -cos(g(z), probe-batch sum without z), averaged over probe batches."""
     k = sig.probe_counts()  # (C, R, 2, n)
     sq = sig.sqnorm[MAIN].astype(np.float64)[:, None, None, :]  # (C, 1, 1, n)
@@ -73,17 +76,19 @@ def _self_disagreement(sig: Signals) -> np.ndarray:
     return -cos.mean(axis=(1, 2))
 
 
-def loss(sig: Signals, queries: slice | None = None) -> np.ndarray:
+def loss(sig: SignalView, queries: slice | None = None, options: Any = None) -> np.ndarray:
     """(q, G) last-checkpoint training loss of each subset (mean over members)."""
     return _last_checkpoint_mean(sig, sig.loss[MAIN, -1], queries)
 
 
-def margin(sig: Signals, queries: slice | None = None) -> np.ndarray:
+def margin(sig: SignalView, queries: slice | None = None, options: Any = None) -> np.ndarray:
     """(q, G) minus the last-checkpoint margin of each subset (mean over members)."""
     return _last_checkpoint_mean(sig, -sig.margin[MAIN, -1].astype(np.float64), queries)
 
 
-def _last_checkpoint_mean(sig: Signals, per_point: np.ndarray, queries: slice | None) -> np.ndarray:
+def _last_checkpoint_mean(
+    sig: SignalView, per_point: np.ndarray, queries: slice | None
+) -> np.ndarray:
     """(q, G): the mean of ``per_point`` ``(n,)`` over each subset, the same for every query."""
     ptr, members = sig.groups()
     mem = membership(ptr, members, sig.n_train)
@@ -91,3 +96,36 @@ def _last_checkpoint_mean(sig: Signals, per_point: np.ndarray, queries: slice | 
     scores = _times(values, mem) / np.diff(ptr).astype(np.float64)
     n_q = 1 if sig.mode == "self" else len(range(sig.n_queries)[queries or slice(None)])
     return np.repeat(scores, n_q, axis=0)
+
+
+for _method in (
+    Method(
+        name="tracin",
+        description="TracIn: sum over checkpoints of lr * gradient dot product",
+        score=tracin,
+        cost="main",
+        order=1,
+    ),
+    Method(
+        name="grad-cos",
+        description="LESS-style mean gradient cosine (self mode: disagreement with the data)",
+        score=grad_cos,
+        cost="main",
+        order=2,
+    ),
+    Method(
+        name="loss",
+        description="training loss at the last checkpoint",
+        score=loss,
+        cost="main-train",
+        order=3,
+    ),
+    Method(
+        name="margin",
+        description="minus the margin (label logit - best other logit) at the last checkpoint",
+        score=margin,
+        cost="main-train",
+        order=4,
+    ),
+):
+    register(_method)

@@ -17,11 +17,14 @@ A subset's score is the sum of its members' (the first-order effect is additive)
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
 from fine_cli.estimators import projected
-from fine_cli.estimators.samples import MAIN, Signals, _times, membership
+from fine_cli.estimators.samples import MAIN, SignalView, _times, membership
+from fine_cli.registry import Method, register
 
 # Damping as a fraction of the curvature's mean eigenvalue (trace / k).
 DAMPING = 0.01
@@ -73,7 +76,7 @@ def loss_grads(proj_grad: np.ndarray, one_minus_p: np.ndarray) -> np.ndarray:
     return -one_minus_p.astype(np.float64)[:, None] * proj_grad.astype(np.float64)
 
 
-def influence(sig: Signals, queries: slice | None = None) -> np.ndarray:
+def influence(sig: SignalView, queries: slice | None = None, options: Any = None) -> np.ndarray:
     """(q, G) influence-function scores from a signals view (main model)."""
     projected.require(sig, "if", curvature=True)
     assert sig.proj_grad is not None and sig.one_minus_p is not None and sig.ggn is not None
@@ -88,3 +91,22 @@ def influence(sig: Signals, queries: slice | None = None) -> np.ndarray:
     per_point = if_scores(train, sig.ggn, query)
     ptr, members = sig.groups()
     return _times(per_point, membership(ptr, members, sig.n_train))
+
+
+def _meta(sig: SignalView, options: Any) -> dict[str, Any]:
+    assert sig.proj_grad is not None
+    return {"proj_dim": int(sig.proj_grad.shape[2]), "damping": DAMPING, "model": "main"}
+
+
+register(
+    Method(
+        name="if",
+        description="influence functions: projected loss gradients, damped Gauss-Newton inverse",
+        score=influence,
+        features=True,
+        curvature=True,
+        meta=_meta,
+        cost="main-features",
+        order=6,
+    )
+)

@@ -9,18 +9,16 @@ Dimension names: ``E`` models with features, ``n`` training points, ``m`` test p
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from fine_cli.artifacts import Artifact, check_shape, require_finite
 from fine_cli.errors import InputFileError
-from fine_cli.estimators.samples import Signals
+from fine_cli.estimators.samples import SignalView
+from fine_cli.results import Result, check_shape, require_finite
 
 FEATURE_ARRAYS = ("proj_grad", "one_minus_p", "ggn", "test_proj_grad", "test_one_minus_p")
 
 
-def attach(art: Artifact, sig: Signals) -> None:
+def attach(art: Result, sig: SignalView) -> None:
     """Check the feature arrays of ``art`` (if any) and set them on ``sig``."""
     if "proj_grad" not in art:
         return
@@ -50,7 +48,7 @@ def attach(art: Artifact, sig: Signals) -> None:
         setattr(sig, key, art[key])
 
 
-def require(sig: Signals, method: str, curvature: bool = False) -> None:
+def require(sig: SignalView, method: str, curvature: bool = False) -> None:
     """Refuse, with the fix, signals collected without what ``method`` needs."""
     missing = sig.proj_grad is None or sig.one_minus_p is None
     if sig.mode == "test":
@@ -73,15 +71,3 @@ def require(sig: Signals, method: str, curvature: bool = False) -> None:
 def query_rows(a: np.ndarray, queries: slice | None) -> np.ndarray:
     """``a[:, queries]`` of an ``(E, m, ...)`` test-point array."""
     return a[:, queries or slice(None)]
-
-
-def method_meta(method: str, sig: Signals) -> dict[str, Any]:
-    """What made a trak / if score, for the influence file's metadata ({} otherwise)."""
-    if method not in ("trak", "if") or sig.proj_grad is None:
-        return {}
-    from fine_cli.estimators import influence_functions, trak
-
-    e, _, k = sig.proj_grad.shape
-    if method == "trak":
-        return {"proj_dim": int(k), "ensemble": int(e), "ridge": trak.RIDGE}
-    return {"proj_dim": int(k), "damping": influence_functions.DAMPING, "model": "main"}

@@ -21,7 +21,7 @@ B, B_PRIME = 0, 1
 
 
 @dataclass
-class Signals:
+class SignalView:
     """The numeric content of a signals artifact, without any I/O."""
 
     mode: str  # "self" or "test"
@@ -85,7 +85,7 @@ class Signals:
         return counts
 
 
-def self_samples(sig: Signals) -> tuple[np.ndarray, np.ndarray]:
+def self_samples(sig: SignalView) -> tuple[np.ndarray, np.ndarray]:
     """Self mode (q = z_i, S = {z_i}): X = O~, Y = O~', each (n, C*R) float64."""
     b = float(sig.probe_idx.shape[-1])
     k = sig.probe_counts()  # (C, R, 2, n)
@@ -120,7 +120,7 @@ def _times(dense: np.ndarray, mat: sparse.csr_matrix) -> np.ndarray:
     return out.reshape(*lead, mat.shape[1])
 
 
-def query_samples(sig: Signals, queries: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+def query_samples(sig: SignalView, queries: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Test mode: X = O~, Y = O~' for every (query, subset) pair, each (q, G, C*R) float64."""
     assert sig.gram is not None and sig.test_ip is not None
     queries = queries or slice(None)
@@ -152,7 +152,7 @@ def query_samples(sig: Signals, queries: slice | None = None) -> tuple[np.ndarra
     return x, y
 
 
-def first_checkpoints(sig: Signals, k: int) -> Signals:
+def first_checkpoints(sig: SignalView, k: int) -> SignalView:
     """The same signals restricted to the first k checkpoints (every per-checkpoint array)."""
     if not 1 <= k <= sig.n_checkpoints:
         raise ValueError(f"k must lie in [1, {sig.n_checkpoints}], got {k}")
@@ -165,7 +165,7 @@ def first_checkpoints(sig: Signals, k: int) -> Signals:
         index[axis] = c
         return a[tuple(index)]
 
-    return Signals(
+    return SignalView(
         mode=sig.mode,
         lr=sig.lr[c],
         probe_idx=sig.probe_idx[c],
@@ -188,7 +188,7 @@ def first_checkpoints(sig: Signals, k: int) -> Signals:
     )
 
 
-def self_null_samples(sig: Signals) -> tuple[np.ndarray, np.ndarray]:
+def self_null_samples(sig: SignalView) -> tuple[np.ndarray, np.ndarray]:
     """Self mode with S's own term left out of O and O_hat: X, Y (n, C*R) float64.
 
     Then both sides are "without S" (B \\ S against B' \\ S, with O_hat on B \\ S), so every

@@ -16,11 +16,14 @@ members' (TRAK's linear datamodel is additive). Larger = more influential.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
 from fine_cli.estimators import projected
-from fine_cli.estimators.samples import Signals, _times, membership
+from fine_cli.estimators.samples import SignalView, _times, membership
+from fine_cli.registry import Method, register
 
 # Relative ridge on the kernel (a fraction of its mean eigenvalue): numerical safety only.
 RIDGE = 1e-6
@@ -71,7 +74,7 @@ def trak_scores(
     return out / e * one_minus_p.astype(np.float64).mean(axis=0)[None, :]
 
 
-def trak(sig: Signals, queries: slice | None = None) -> np.ndarray:
+def trak(sig: SignalView, queries: slice | None = None, options: Any = None) -> np.ndarray:
     """(q, G) TRAK scores from a signals view."""
     projected.require(sig, "trak")
     assert sig.proj_grad is not None and sig.one_minus_p is not None
@@ -82,3 +85,22 @@ def trak(sig: Signals, queries: slice | None = None) -> np.ndarray:
     per_point = trak_scores(sig.proj_grad, sig.one_minus_p, q_feats)
     ptr, members = sig.groups()
     return _times(per_point, membership(ptr, members, sig.n_train))
+
+
+def _meta(sig: SignalView, options: Any) -> dict[str, Any]:
+    assert sig.proj_grad is not None
+    e, _, k = sig.proj_grad.shape
+    return {"proj_dim": int(k), "ensemble": int(e), "ridge": RIDGE}
+
+
+register(
+    Method(
+        name="trak",
+        description="TRAK: projected output-function gradients, kernel inverse, the run's models",
+        score=trak,
+        features=True,
+        meta=_meta,
+        cost="ensemble",
+        order=5,
+    )
+)

@@ -4,8 +4,9 @@ One forward pass with hooks records each covered layer's input, one backward pas
 the gradient of the summed loss w.r.t. each covered layer's output; the layer formulas in
 :mod:`fine_cli.grads.layers` turn these into squared norms, inner products and Gram blocks,
 and :mod:`fine_cli.grads.fallback` builds per-sample gradients of any parameter left over.
-The loss of sample ``z = (x, y)`` is ``cross_entropy(model(x), y)``, its gradient ``g(z)``
-runs over all trainable parameters, and everything is computed in eval mode.
+The loss of sample ``z = (x, y)`` is ``task.loss(model(x), y)`` (:mod:`fine_cli.tasks`;
+cross-entropy for classification), its gradient ``g(z)`` runs over all trainable parameters,
+and everything is computed in eval mode.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from fine_cli.grads import layers
 from fine_cli.grads.factors import Factor, MaterialFactor, OuterFactor
 from fine_cli.grads.fallback import Fallback
+from fine_cli.tasks import ClassificationTask, Task
 
 T = TypeVar("T")
 
@@ -39,8 +41,8 @@ COPIES_PER_ACTIVATION = 4
 class PerSample:
     """Per-sample quantities of ``n`` points; all float32 on the model's device."""
 
-    loss: Tensor  # (n,) cross-entropy loss
-    margin: Tensor  # (n,) true-class logit minus the largest other logit
+    loss: Tensor  # (n,) the task's per-sample loss
+    margin: Tensor  # (n,) the task's margin (classification: true logit - best other)
     sqnorm: Tensor  # (n,) ||g(z_i)||^2
     ips: Tensor  # (K, n) <g(z_i), v_k>
 
@@ -81,7 +83,11 @@ class GradEngine:
     """
 
     def __init__(
-        self, model: nn.Module, chunk_size: int = 2048, memory_budget_mb: int | None = None
+        self,
+        model: nn.Module,
+        chunk_size: int = 2048,
+        memory_budget_mb: int | None = None,
+        task: Task | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}.")
@@ -91,6 +97,7 @@ class GradEngine:
                 f"{memory_budget_mb}."
             )
         self.model = model
+        self.task: Task = task if task is not None else ClassificationTask()
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("model: it has no trainable parameters, so g(z) is empty.")
@@ -101,6 +108,7 @@ class GradEngine:
         self._full_names = {id(p): k for k, p in model.named_parameters()}
         self._demoted: set[int] = set()  # layers called more than once per forward pass
         self._clone = False  # set once an in-place op is seen on a hooked tensor
+        self._plan_id = 0  # bumped by every _plan(): prepared probe batches check it
         for m in model.modules():
             layers.check_independent(m)
         self._plan()
@@ -110,7 +118,7 @@ class GradEngine:
     def batch_grad_sum(self, x: Tensor, y: Tensor) -> list[Tensor]:
         """``sum_i g(z_i)``, one tensor per trainable parameter, in the parameters' dtype.
 
-        ``x``: ``(n, ...)`` inputs, ``y``: ``(n,)`` labels.
+        ``x``: ``(n, ...)`` inputs, ``y``: ``(n, ...)`` targets of the task.
         """
         x, y = self._inputs(x, y, "x", "y")
         total = [torch.zeros_like(p) for p in self.params]
@@ -119,7 +127,7 @@ class GradEngine:
             for s0 in range(0, x.shape[0], self.chunk_size):
                 xc, yc = x[s0 : s0 + self.chunk_size], y[s0 : s0 + self.chunk_size]
                 with torch.enable_grad():
-                    loss = F.cross_entropy(self.model(xc), yc, reduction="sum")
+                    loss = self.task.loss(self.model(xc), yc).sum()
                 gs = torch.autograd.grad(loss, self.params, allow_unused=True)
                 for t, g in zip(total, gs, strict=True):
                     if g is not None:
@@ -131,7 +139,7 @@ class GradEngine:
         x: Tensor,
         y: Tensor,
         vectors: Sequence[Sequence[Tensor]] = (),
-        batches: Sequence[tuple[Tensor, Tensor]] = (),
+        batches: Sequence[tuple[Tensor, Tensor]] | ProbeBatches = (),
     ) -> PerSample:
         """Loss, margin, ``||g(z_i)||^2`` and inner products for ``n`` points.
 
@@ -142,13 +150,24 @@ class GradEngine:
         layer, the cheaper of two exact routes: through the summed vector, or through the
         (n x batch) Gram block of the layer's factors (cheaper for wide Linear layers and
         small batches: ``b (d_in + d_out)`` against ``d_in d_out`` flops per point).
+        ``batches`` may also be what :meth:`probe_batches` returned, so that calls over
+        chunks of a large set capture the batches once.
         """
         x, y = self._inputs(x, y, "x", "y")
         vecs = self._vectors(vectors)
-        probes = [self._inputs(xb, yb, "batches.x", "batches.y") for xb, yb in batches]
+        probes: Sequence[tuple[Tensor, Tensor]] | ProbeBatches = batches
+        if not isinstance(batches, ProbeBatches):
+            probes = [self._inputs(xb, yb, "batches.x", "batches.y") for xb, yb in batches]
         with self._eval():
             self._size(x)
             return self._retrying(lambda: self._per_sample(x, y, vecs, probes))
+
+    def probe_batches(self, batches: Sequence[tuple[Tensor, Tensor]]) -> ProbeBatches:
+        """The ``L`` batches ``(xb, yb)`` prepared once (their factors captured) for many
+        :meth:`per_sample` calls over chunks of the training set."""
+        probes = [self._inputs(xb, yb, "batches.x", "batches.y") for xb, yb in batches]
+        with self._eval():
+            return self._retrying(lambda: ProbeBatches(self, probes))
 
     def gram(self, xa: Tensor, ya: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
         """``(na, nb)`` float32 matrix of ``<g(a_i), g(b_j)>``, chunked over both sets."""
@@ -174,6 +193,7 @@ class GradEngine:
 
     def _plan(self) -> None:
         """Split the trainable parameters into covered layers and the fallback set."""
+        self._plan_id = getattr(self, "_plan_id", 0) + 1
         pos = {id(p): i for i, p in enumerate(self.params)}
         owners = Counter(id(p) for m in self.model.modules() for p in m.parameters(False))
         self._units: list[_Unit] = []
@@ -191,7 +211,9 @@ class GradEngine:
         full = tuple(self._full_names[id(self.params[i])] for i in rest)
         self._fallback_unit = _Unit(full, rest, None) if rest else None
         self._fallback = (
-            Fallback(self.model, list(full), [self.params[i] for i in rest]) if rest else None
+            Fallback(self.model, list(full), [self.params[i] for i in rest], self.task)
+            if rest
+            else None
         )
 
     def _all_units(self) -> list[_Unit]:
@@ -249,8 +271,8 @@ class GradEngine:
         ]
         try:
             with torch.enable_grad():
-                logits = self.model(x)
-                loss = F.cross_entropy(logits, y, reduction="none")
+                outputs = self.model(x)
+                loss = self.task.loss(outputs, y)
         finally:
             for h in handles:
                 h.remove()
@@ -282,16 +304,27 @@ class GradEngine:
         if self._fallback is not None and self._fallback_unit is not None:
             grads = self._fallback.grads(x, y)
             factors.append(MaterialFactor(grads, self._fallback_unit.names))
-        logits = logits.detach()
-        return _Capture(loss.detach(), _margin(logits, y), factors)
+        with torch.no_grad():
+            margin = self.task.margin(_detached(outputs), y)
+        return _Capture(loss.detach(), margin, factors)
 
     def _per_sample(
-        self, x: Tensor, y: Tensor, vecs: list[list[Tensor]], probes: list[tuple[Tensor, Tensor]]
+        self,
+        x: Tensor,
+        y: Tensor,
+        vecs: list[list[Tensor]],
+        probes: Sequence[tuple[Tensor, Tensor]] | ProbeBatches,
     ) -> PerSample:
-        n, k, n_b = x.shape[0], len(vecs), len(probes)
+        probe: ProbeBatches | None = None
+        if isinstance(probes, ProbeBatches):
+            # prepared under another plan (a layer found to be called twice since): redo
+            probe = probes if probes.plan == self._plan_id else ProbeBatches(self, probes.probes)
+        elif probes:
+            probe = ProbeBatches(self, list(probes))
+        n, k = x.shape[0], len(vecs)
+        n_b = len(probe.probes) if probe is not None else 0
         loss, margin, sq = self._zeros(n), self._zeros(n), self._zeros(n)
         ips = self._zeros(k + n_b, n)
-        probe = _ProbeBatches(self, probes) if probes else None
         stacked: dict[int, Tensor | None] = {}  # per unit: its slice of the vectors, built once
         for s0 in range(0, n, self.chunk_size):
             s1 = min(n, s0 + self.chunk_size)
@@ -375,15 +408,17 @@ class GradEngine:
         return torch.zeros(shape, dtype=self.params[0].dtype, device=self.params[0].device)
 
     def _inputs(self, x: Tensor, y: Tensor, x_name: str, y_name: str) -> tuple[Tensor, Tensor]:
-        if y.dim() != 1 or x.shape[0] != y.shape[0]:
+        if y.dim() < 1 or x.shape[0] != y.shape[0]:
             raise ValueError(
-                f"{y_name}: expected labels of shape ({x.shape[0]},) to match {x_name}'s first "
-                f"dimension, got {tuple(y.shape)}."
+                f"{y_name}: expected targets whose first dimension matches {x_name}'s "
+                f"({x.shape[0]},), got {tuple(y.shape)}."
             )
         device, dtype = self.params[0].device, self.params[0].dtype
         # float inputs follow the model's dtype so a float64 model can take float32 data
         x = x.to(device, dtype) if x.is_floating_point() else x.to(device)
-        return x, y.to(device, torch.long)
+        # integer targets (labels, token ids) are int64, as cross-entropy wants them
+        y = y.to(device, dtype) if y.is_floating_point() else y.to(device, torch.long)
+        return x, y
 
     def _vectors(self, vectors: Sequence[Sequence[Tensor]]) -> list[list[Tensor]]:
         out = []
@@ -405,14 +440,16 @@ class GradEngine:
         return out
 
 
-class _ProbeBatches:
+class ProbeBatches:
     """The L probe batches of :meth:`GradEngine.per_sample`: their factors, captured once
-    for all of them together, and their gradient sums, computed only if a layer needs them.
+    for all of them together, and their gradient sums, computed once when first asked for
+    (by a layer on the vector route, or by the collector for their squared norms).
     """
 
     def __init__(self, engine: GradEngine, probes: list[tuple[Tensor, Tensor]]) -> None:
         self.engine = engine
         self.probes = probes
+        self.plan = engine._plan_id
         xb = torch.cat([p[0] for p in probes])
         yb = torch.cat([p[1] for p in probes])
         self.capture = engine._capture(xb, yb)
@@ -459,8 +496,9 @@ def _named(unit: _Unit, v: list[Tensor]) -> dict[str, Tensor]:
     return {k: v[i] for k, i in zip(unit.names, unit.index, strict=True)}
 
 
-def _margin(logits: Tensor, y: Tensor) -> Tensor:
-    """``(c,)`` true-class logit minus the largest other logit (negative = misclassified)."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.scatter(1, y[:, None], float("-inf"))
-    return true - others.max(1).values
+def _detached(outputs: Any) -> Any:
+    """``outputs`` without autograd history (a tensor, or an object with ``.logits``)."""
+    if isinstance(outputs, Tensor):
+        return outputs.detach()
+    logits = getattr(outputs, "logits", None)
+    return logits.detach() if isinstance(logits, Tensor) else outputs

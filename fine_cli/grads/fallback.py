@@ -9,9 +9,10 @@ get a loop of one autograd call per sample instead.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+
+from fine_cli.tasks import Task
 
 
 class Fallback:
@@ -20,8 +21,11 @@ class Fallback:
     The model must already be in eval mode when :meth:`grads` is called.
     """
 
-    def __init__(self, model: nn.Module, names: list[str], params: list[Tensor]) -> None:
+    def __init__(
+        self, model: nn.Module, names: list[str], params: list[Tensor], task: Task
+    ) -> None:
         self.model = model
+        self.task = task
         self.names = names
         self.params = params
         self.use_vmap = True
@@ -37,8 +41,8 @@ class Fallback:
 
     def _vmap(self, x: Tensor, y: Tensor) -> Tensor:
         def loss_one(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
-            logits = functional_call(self.model, p, (xi.unsqueeze(0),))
-            return F.cross_entropy(logits, yi.unsqueeze(0))
+            outputs = functional_call(self.model, p, (xi.unsqueeze(0),))
+            return self.task.loss(outputs, yi.unsqueeze(0)).sum()
 
         fixed = {k: p.detach() for k, p in zip(self.names, self.params, strict=True)}
         per = vmap(grad(loss_one), in_dims=(None, 0, 0))(fixed, x, y)
@@ -47,7 +51,7 @@ class Fallback:
     def _loop(self, x: Tensor, y: Tensor) -> Tensor:
         rows = []
         for i in range(x.shape[0]):
-            loss = F.cross_entropy(self.model(x[i : i + 1]), y[i : i + 1])
+            loss = self.task.loss(self.model(x[i : i + 1]), y[i : i + 1]).sum()
             gs = torch.autograd.grad(loss, self.params, allow_unused=True)
             rows.append(
                 torch.cat(
