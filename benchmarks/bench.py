@@ -147,7 +147,7 @@ def bench_engine_vs_vmap(n: int, n_vmap: int) -> dict[str, Any]:
 
 def fake_signals(n: int, n_ckpt: int, b: int = 100) -> Any:
     """A self-mode signals artifact of random components: n points, C checkpoints, R = 1."""
-    from fine_cli.artifacts import Artifact
+    from fine_cli.results import Result
 
     rng = np.random.default_rng(0)
     f32 = np.float32
@@ -165,7 +165,7 @@ def fake_signals(n: int, n_ckpt: int, b: int = 100) -> Any:
         "margin": np.ones((2, n_ckpt, n), f32),
         "checkpoint_epoch": np.arange(1, n_ckpt + 1),
     }
-    return Artifact(kind="signals", arrays=arrays, meta={"mode": "self", "config": None})
+    return Result(kind="signals", arrays=arrays, meta={"mode": "self", "config": None})
 
 
 def bench_stage2(n_pairs: int) -> dict[str, Any]:

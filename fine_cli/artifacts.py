@@ -133,21 +133,23 @@ def _read_bytes(path: str, kind: str) -> bytes:
     return p.read_bytes()
 
 
-def load(path: str, kind: str, required: tuple[str, ...] | None = None) -> Result:
-    """Load a result of ``kind`` (``-`` = standard input) and validate it: its own schema
-    (shapes, finiteness) and ``required`` arrays (default: the kind's); raise
-    InputFileError with one sentence on any problem."""
-    data = _read_bytes(path, kind)
+def load(path: str, kind: str | None = None, required: tuple[str, ...] | None = None) -> Result:
+    """Load a result of ``kind`` (``-`` = standard input; None = whatever kind the file
+    says) and validate it: its own schema (shapes, finiteness) and ``required`` arrays
+    (default: the kind's); raise InputFileError with one sentence on any problem."""
+    data = _read_bytes(path, kind or "result")
     name = "standard input" if path == "-" else f"'{path}'"
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             if not hasattr(npz, "files"):
-                raise InputFileError(f"{name} is a bare .npy array, not a {kind} .npz file.")
+                raise InputFileError(
+                    f"{name} is a bare .npy array, not a {kind or 'result'} .npz file."
+                )
             files = list(npz.files)
             if META_KEY not in files:
                 raise InputFileError(
                     f"{name} is an .npz file but not one written by fine (no metadata); "
-                    f"pass a {kind} file made by {MADE_BY[kind]}."
+                    f"pass a {kind or 'fine'} file made by {MADE_BY[kind or 'result']}."
                 )
             arrays = {k: npz[k] for k in files if k != META_KEY}
             meta = json.loads(str(npz[META_KEY]))
@@ -156,13 +158,21 @@ def load(path: str, kind: str, required: tuple[str, ...] | None = None) -> Resul
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, json.JSONDecodeError):
         raise InputFileError(
             f"{name} is not a readable .npz file (truncated or corrupt?); "
-            f"re-create it with {MADE_BY[kind]}."
+            f"re-create it with {MADE_BY[kind or 'result']}."
         ) from None
     if not isinstance(meta, dict):
         raise InputFileError(
-            f"{name} has metadata that is not a mapping; re-create it with {MADE_BY[kind]}."
+            f"{name} has metadata that is not a mapping; "
+            f"re-create it with {MADE_BY[kind or 'result']}."
         )
     got_kind = meta.get("kind")
+    if kind is None and got_kind in RESULT_TYPES:
+        kind = str(got_kind)
+    if kind is None:
+        raise InputFileError(
+            f"{name} is a fine file of unknown kind {got_kind!r}; pass a signals, influence, "
+            "ranking or truth file."
+        )
     if got_kind != kind:
         hint = f" (it was made by {MADE_BY[got_kind]})" if got_kind in MADE_BY else ""
         raise InputFileError(

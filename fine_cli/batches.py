@@ -16,12 +16,24 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
+from fine_cli.errors import ConfigError
 
-class Batch(tuple):  # type: ignore[type-arg]
+
+def size(dataset: Dataset) -> int:
+    """``len(dataset)``; a dataset without a length is refused (points are indexed 0..n-1)."""
+    if not hasattr(dataset, "__len__"):
+        raise ConfigError(
+            f"the dataset ({type(dataset).__name__}) has no len(); give a map-style "
+            "torch.utils.data.Dataset with __len__ and __getitem__."
+        )
+    return len(dataset)
+
+
+class Batch(tuple):
     """An already collated ``(x, y)`` batch (what ``__getitems__`` returns)."""
 
 
-class TensorPairs(Dataset):  # type: ignore[type-arg]
+class TensorPairs(Dataset):
     """``(x[i], y[i])`` pairs of two tensors with a common first dimension; a batch of
     indices is one indexing operation, not one Python call per item."""
 
@@ -79,26 +91,26 @@ class _Spans(Sampler[list[int]]):
         return -(-len(self.indices) // self.size)
 
 
-def loader(dataset: Dataset, batch_sampler: Sampler[list[int]], **kwargs: Any) -> DataLoader:  # type: ignore[type-arg]
+def loader(dataset: Dataset, batch_sampler: Sampler[list[int]], **kwargs: Any) -> DataLoader:
     """A ``DataLoader`` over ``batch_sampler`` that keeps pre-collated batches as they are."""
     return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, **kwargs)
 
 
 def chunks(
     dataset: Dataset,
-    size: int,
+    chunk_size: int,
     indices: Sequence[int] | None = None,
-    **kwargs: Any,  # type: ignore[type-arg]
+    **kwargs: Any,
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
-    """``(start, x, y)`` for consecutive chunks of ``size`` points, in index order."""
-    idx = list(range(len(dataset))) if indices is None else list(indices)  # type: ignore[arg-type]
+    """``(start, x, y)`` for consecutive chunks of ``chunk_size`` points, in index order."""
+    idx = list(range(size(dataset))) if indices is None else list(indices)
     start = 0
-    for x, y in loader(dataset, _Spans(idx, size), **kwargs):
+    for x, y in loader(dataset, _Spans(idx, chunk_size), **kwargs):
         yield start, x, y
         start += int(x.shape[0])
 
 
-def fetch(dataset: Dataset, indices: Sequence[int] | np.ndarray) -> tuple[Tensor, Tensor]:  # type: ignore[type-arg]
+def fetch(dataset: Dataset, indices: Sequence[int] | np.ndarray) -> tuple[Tensor, Tensor]:
     """``(x, y)`` of the given positions, as one batch."""
     idx = [int(i) for i in indices]
     getitems = getattr(dataset, "__getitems__", None)

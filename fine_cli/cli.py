@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from fine_cli import console
+from fine_cli import console, registry
 from fine_cli.config import DEFAULT_ESTIMATOR, ESTIMATORS, EstimateConfig
 from fine_cli.errors import ConfigError, FineError, InputFileError, RunError
 
@@ -89,14 +89,15 @@ def handled(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class Method(str, Enum):
-    fine = "fine"
-    tracin = "tracin"
-    grad_cos = "grad-cos"
-    loss = "loss"
-    margin = "margin"
-    trak = "trak"
-    if_ = "if"
+def _method_help() -> tuple[str, FineError | None]:
+    """The registry's methods for --help; a plugin that fails to load is reported by main()."""
+    try:
+        return registry.help_text(), None
+    except FineError as exc:
+        return "", exc
+
+
+_METHOD_HELP, _LOAD_ERROR = _method_help()
 
 
 class Fmt(str, Enum):
@@ -127,18 +128,17 @@ def train_collect(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train the main and auxiliary models and collect f-INE signals (Algorithm 1)."""
-    from fine_cli.artifacts import save_artifact
+    from fine_cli.artifacts import save
     from fine_cli.config import load_config
     from fine_cli.stages import train_collect as stage
 
     cfg = load_config(config, set_ or [])
     with console.epoch_progress(quiet) as progress:
-        arrays, meta = stage.run(cfg, progress)
-    save_artifact(output, "signals", arrays, meta)
-    t = meta["timing"]
-    n = arrays["train_index"].shape[0]
+        signals = stage.run(cfg, progress)
+    save(signals, output)
+    t = signals.meta["timing"]
     console.info(
-        f"signals: {n} training points, {arrays['lr'].shape[0]} checkpoints, mode {meta['mode']}; "
+        f"signals: {signals.summary()}; "
         f"training {t['train_s']:.1f} s, collection {t['collect_s']:.1f} s"
         + (f" -> {output}" if output != "-" else "")
     )
@@ -148,7 +148,9 @@ def train_collect(
 @handled
 def estimate(
     signals: Annotated[str, typer.Argument(help="Signals .npz from train-collect ('-' = stdin).")],
-    method: Annotated[Method, typer.Option(help="Influence method.")] = Method.fine,
+    method: Annotated[
+        str, typer.Option(help=f"Influence method. {_METHOD_HELP}.")
+    ] = "fine",
     estimator: Annotated[
         str, typer.Option(help=f"f-INE estimator: {', '.join(ESTIMATORS)} (docs/statistics.md).")
     ] = DEFAULT_ESTIMATOR,
@@ -168,10 +170,11 @@ def estimate(
     output: Output = "influence.npz",
 ) -> None:
     """Estimate the influence of every training subset (f-INE, or a baseline)."""
-    from fine_cli.artifacts import load_artifact, save_artifact
+    from fine_cli.artifacts import load_signals, save
     from fine_cli.stages import estimate as stage
 
-    art = load_artifact(signals, "signals", stage.SIGNALS_REQUIRED)
+    registry.get(method)  # an unknown name fails before the file is read
+    art = load_signals(signals)
     opts = stage.EstimateOptions(
         estimator=estimator,
         checkpoints=checkpoints,
@@ -180,16 +183,9 @@ def estimate(
         alternative=alternative,
         seed=seed,
     )
-    arrays, meta = stage.run(art, method.value, opts)
-    save_artifact(output, "influence", arrays, meta)
-    q, g = arrays["scores"].shape
-    what = f"fine/{estimator}" if method.value == "fine" else method.value
-    extras = [k for k in ("stderr", "pvalue") if k in arrays]
-    console.info(
-        f"influence ({what}): {q} quer{'y' if q == 1 else 'ies'} x {g} subsets"
-        + (f", with {' and '.join(extras)}" if extras else "")
-        + (f" -> {output}" if output != "-" else "")
-    )
+    influence = stage.run(art, method, opts)
+    save(influence, output)
+    console.info(influence.summary() + (f" -> {output}" if output != "-" else ""))
 
 
 @app.command()
@@ -265,30 +261,29 @@ def validate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Check every method against a retraining ground truth (models on random halves)."""
-    from fine_cli.artifacts import Artifact, load_artifact, save_artifact
+    from fine_cli.artifacts import load_signals, load_truth, save
     from fine_cli.config import load_config
-    from fine_cli.stages import estimate as est_stage
+    from fine_cli.estimators.options import EstimateOptions
     from fine_cli.stages import validate as stage
 
     overrides = (set_ or []) + ([f"validation.models={models}"] if models is not None else [])
     cfg = load_config(config, overrides)
     if truth is not None:
-        truth_art = load_artifact(truth, "truth", stage.TRUTH_REQUIRED)
+        truth_res = load_truth(truth)
     else:
         with console.epoch_progress(quiet, unit="models") as progress:
-            arrays, meta = stage.run_truth(
+            truth_res = stage.run_truth(
                 cfg, (lambda i, m: progress("ground truth", i, m)) if progress else None
             )
-        truth_art = Artifact(kind="truth", arrays=arrays, meta=meta, source="retraining")
         if save_truth is not None:
-            save_artifact(save_truth, "truth", arrays, meta)
+            save(truth_res, save_truth)
             console.info(f"ground truth -> {save_truth}")
     if signals:
-        runs = [load_artifact(p, "signals", est_stage.SIGNALS_REQUIRED) for p in signals]
+        runs = [load_signals(p) for p in signals]
     else:
         with console.epoch_progress(quiet) as progress:
             runs = stage.collect_signals(cfg, progress)
-    report = stage.run(cfg, truth_art, runs, est_stage.EstimateOptions.from_config(cfg.estimate))
+    report = stage.run(cfg, truth_res, runs, EstimateOptions.from_config(cfg.estimate))
     text = json.dumps(report.to_dict(), indent=2) + "\n"
     if output is not None:
         _write_text(output, text)
@@ -356,17 +351,15 @@ def evaluate_tradeoff(
     ] = False,
 ) -> None:
     """Empirical type-I / type-II trade-off of one subset with the fitted G_mu curves."""
-    from fine_cli.artifacts import load_artifact
+    from fine_cli.artifacts import load_signals
     from fine_cli.plots import plot_tradeoff
-    from fine_cli.stages import estimate as est_stage
     from fine_cli.stages import tradeoff as stage
 
     if estimator not in ESTIMATORS:
         raise ConfigError(
             f"unknown estimator '{estimator}'; choose one of {', '.join(ESTIMATORS)}."
         )
-    art = load_artifact(signals, "signals", est_stage.SIGNALS_REQUIRED)
-    curve = stage.run(art, subset, query, checkpoints)
+    curve = stage.run(load_signals(signals), subset, query, checkpoints)
     plot_tradeoff(curve, plot, highlight=estimator)
     console.info(f"plot -> {plot}")
     if as_json:
@@ -497,6 +490,9 @@ def run_experiment(
 
 
 def main() -> None:
+    if _LOAD_ERROR is not None:  # a FINE_PLUGINS module that did not load
+        console.error(str(_LOAD_ERROR))
+        raise SystemExit(exit_code(_LOAD_ERROR))
     app()
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from fine_cli.batches import chunks, fetch
+from fine_cli.batches import chunks, fetch, size
 from fine_cli.errors import ConfigError, RunError
 from fine_cli.grads import GradEngine
 from fine_cli.results import Signals, make_meta
@@ -62,21 +62,21 @@ class Collector:
         self,
         main: nn.Module,
         aux: nn.Module,
-        train_set: Dataset,  # type: ignore[type-arg]
+        train_set: Dataset,
         task: Task | None = None,
         *,
         probe_batch_size: int = 100,
         probe_repeats: int = 1,
         seed: int = 0,
         chunk_size: int = 2048,
-        test_set: Dataset | None = None,  # type: ignore[type-arg]
+        test_set: Dataset | None = None,
         groups: Sequence[Sequence[int]] | None = None,
         flip_mask: np.ndarray | None = None,
         clean_labels: np.ndarray | None = None,
         index: np.ndarray | None = None,
         loader_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        self.n = len(train_set)  # type: ignore[arg-type]
+        self.n = size(train_set)
         if self.n < 2:
             raise ConfigError(f"train_set has {self.n} point(s); give at least 2.")
         if probe_repeats < 1 or chunk_size < 1 or probe_batch_size < 1:
@@ -93,8 +93,11 @@ class Collector:
         self.loader_kwargs = loader_kwargs or {}
         self.rng = np.random.default_rng(seed)
         self.engines = [GradEngine(m, chunk_size=chunk_size, task=self.task) for m in self.models]
-        self.queries = fetch(test_set, range(len(test_set))) if test_set is not None else None  # type: ignore[arg-type]
-        self.group_ptr, self.group_members = _groups_csr(groups, self.n) if groups else (None, None)
+        self.queries = fetch(test_set, range(size(test_set))) if test_set is not None else None
+        self.group_ptr: np.ndarray | None = None
+        self.group_members: np.ndarray | None = None
+        if groups:
+            self.group_ptr, self.group_members = _groups_csr(groups, self.n)
         self.flip_mask = flip_mask
         self.clean_labels = clean_labels
         self.index = index
@@ -131,7 +134,7 @@ class Collector:
         batches = [fetch(self.train_set, probe[ri, k]) for ri in range(self.r) for k in range(2)]
         rec = _empty_record(self.r, self.n, 0 if self.queries is None else self.queries[0].shape[0])
         rec["probe_idx"] = probe
-        labels = [] if self.labels is None else None
+        labels: list[np.ndarray] | None = [] if self.labels is None else None
         for mi, engine in enumerate(self.engines):
             prepared = engine.probe_batches(batches)
             for j, vec in enumerate(prepared.sums()):

@@ -8,23 +8,46 @@ every artifact, so an artifact says exactly what made it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from fine_cli.errors import ConfigError
 
-DATASETS = ("mnist", "cifar10", "mnist_embedded", "digits", "synthetic")
+DATASETS = ("mnist", "cifar10", "mnist_embedded", "digits", "synthetic", "folder", "npz", "csv")
+# Built-in architectures; model.arch also takes factories (fine_cli/models/user.py).
 ARCHS = ("mlp", "small_cnn", "resnet18_cifar")
-METHODS = ("fine", "tracin", "grad-cos", "loss", "margin", "trak", "if")
+SCHEDULES = ("constant", "cosine", "step")
 # f-INE estimators (fine_cli/estimators/fine.py, docs/statistics.md); alg2 is the paper's.
 ESTIMATORS = ("alg2", "auc", "std", "paired")
 ALTERNATIVES = ("two-sided", "greater", "less")
 
-DatasetName = Literal["mnist", "cifar10", "mnist_embedded", "digits", "synthetic"]
+DatasetName = Literal[
+    "mnist", "cifar10", "mnist_embedded", "digits", "synthetic", "folder", "npz", "csv"
+]
 ArchName = Literal["mlp", "small_cnn", "resnet18_cifar"]
-MethodName = Literal["fine", "tracin", "grad-cos", "loss", "margin", "trak", "if"]
+ScheduleName = Literal["constant", "cosine", "step"]
+
+
+def _registered_method(name: str) -> str:
+    """A method name of the registry (fine_cli.registry: built-ins and FINE_PLUGINS)."""
+    from fine_cli import registry
+
+    if name not in registry.methods():
+        raise ValueError(f"unknown method '{name}'; choose one of {', '.join(registry.names())}")
+    return name
+
+
+# A registered method's name, checked when the config is loaded.
+MethodName = Annotated[str, AfterValidator(_registered_method)]
 EstimatorName = Literal["alg2", "auc", "std", "paired"]
 # Chosen by evidence (docs/statistics.md).
 DEFAULT_ESTIMATOR: EstimatorName = "paired"
@@ -44,7 +67,14 @@ class SyntheticConfig(_Closed):
 
 class DataConfig(_Closed):
     dataset: DatasetName = Field("mnist_embedded", description="Which dataset to load.")
-    root: str = Field("data", description="Directory of torchvision dataset files.")
+    root: str = Field(
+        "data", description="Directory of torchvision dataset files, or the image folder."
+    )
+    path: str | None = Field(None, description="The .npz or .csv file (npz and csv only).")
+    label_column: str = Field("label", description="Name of the CSV's label column (csv only).")
+    image_size: int | None = Field(
+        None, ge=1, description="Resize folder images to this square size; null = keep."
+    )
     download: bool = Field(False, description="Let torchvision download missing files.")
     n_train: int | None = Field(
         None, ge=2, description="Use a random subset of this many training points."
@@ -64,11 +94,38 @@ class DataConfig(_Closed):
         default_factory=SyntheticConfig, description="Shape of the synthetic dataset."
     )
 
+    @model_validator(mode="after")
+    def _check_path(self) -> DataConfig:
+        if self.dataset in ("npz", "csv") and not self.path:
+            raise ValueError(
+                f"data.dataset={self.dataset} needs data.path, the file to read; "
+                f"e.g. data.path=my_data.{self.dataset}"
+            )
+        return self
+
 
 class ModelConfig(_Closed):
-    arch: ArchName = Field("mlp", description="Model architecture.")
+    arch: str = Field(
+        "mlp", description="Built-in name, pkg.module:factory, file.py:factory or torchvision:name."
+    )
     hidden: list[int] = Field([500], description="MLP hidden widths (mlp only).")
     channels: list[int] = Field([8, 16], description="Conv widths (small_cnn only).")
+    kwargs: dict[str, Any] = Field(
+        {}, description="Keyword arguments of a factory or torchvision model (not built-ins)."
+    )
+
+    @model_validator(mode="after")
+    def _check_arch(self) -> ModelConfig:
+        # Imported here: fine_cli.models imports this module.
+        from fine_cli.models.user import check_arch
+
+        check_arch(self.arch)  # a ValueError, which config_from_dict reports as a ConfigError
+        if self.arch in ARCHS and self.kwargs:
+            raise ValueError(
+                f"model.kwargs is only for factories and torchvision models, not the built-in "
+                f"{self.arch}; remove it or use model.hidden / model.channels"
+            )
+        return self
 
 
 class TrainConfig(_Closed):
@@ -80,6 +137,27 @@ class TrainConfig(_Closed):
     momentum: float = Field(0.0, ge=0, description="SGD momentum.")
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    schedule: ScheduleName = Field(
+        "constant", description="Learning-rate schedule over epochs (fine_cli/schedules.py)."
+    )
+    step_size: int = Field(30, ge=1, description="Epochs between lr drops (step schedule).")
+    gamma: float = Field(0.1, gt=0, description="Factor of each lr drop (step schedule).")
+    augment: list[str | dict[str, dict[str, Any]]] = Field(
+        [],
+        description="torchvision transforms applied in training only, e.g. [RandomHorizontalFlip].",
+    )
+
+    @model_validator(mode="after")
+    def _check_augment(self) -> TrainConfig:
+        # Imported here so that configs without augmentation never import torchvision.
+        if self.augment:
+            from fine_cli.augment import build_augment
+
+            try:
+                build_augment(self.augment)
+            except ConfigError as err:
+                raise ValueError(str(err).rstrip(".")) from None
+        return self
 
 
 class TestPointsConfig(_Closed):
@@ -192,15 +270,25 @@ class Config(_Closed):
     )
 
 
+# Characters of a bad value echoed back in an error message.
+MAX_ECHO = 80
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     path = ".".join(str(p) for p in first["loc"]) or "(top level)"
     kind = first["type"]
     if kind == "extra_forbidden":
         return f"{source}: unknown key '{path}'; remove it or check its spelling (see configs/)."
+    msg = str(first["msg"]).removeprefix("Value error, ").rstrip(".")
     got = first.get("input")
+    if kind == "value_error" and isinstance(got, dict):
+        # a check of a whole section (model_validator): its message names the key itself
+        return f"{source}: invalid '{path}' section: {msg}."
     got_s = repr(got) if not isinstance(got, dict) else "a mapping"
-    return f"{source}: invalid value for '{path}': {first['msg']} (got {got_s})."
+    if len(got_s) > MAX_ECHO:  # never echo a huge value (a YAML alias bomb) back in full
+        got_s = got_s[:MAX_ECHO] + "..."
+    return f"{source}: invalid value for '{path}': {msg} (got {got_s})."
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from fine_cli.batches import chunks
+from fine_cli.batches import chunks, size
 from fine_cli.grads import GradEngine
 from fine_cli.tasks import ClassificationTask, OutputFunctionTask
 
@@ -55,21 +55,21 @@ def _eval(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
-def probabilities(model: nn.Module, data: Dataset, chunk: int) -> Tensor:  # type: ignore[type-arg]
+def probabilities(model: nn.Module, data: Dataset, chunk: int) -> Tensor:
     """``(n, C)`` float64 softmax probabilities in eval mode."""
     with torch.no_grad(), _eval(model):
         logits = [model(x).double() for _, x, _ in chunks(data, chunk)]
     return torch.softmax(torch.cat(logits), dim=1)
 
 
-def one_minus_p(model: nn.Module, data: Dataset, chunk: int) -> Tensor:  # type: ignore[type-arg]
+def one_minus_p(model: nn.Module, data: Dataset, chunk: int) -> Tensor:
     """``(n,)`` float64 ``1 - p(y | x) = sigmoid(-f)``, accurate where ``p`` rounds to 1."""
     with torch.no_grad(), _eval(model):
         f = [output_function(model(x).double(), y) for _, x, y in chunks(data, chunk)]
     return torch.sigmoid(-torch.cat(f))
 
 
-def margin_grads(model: nn.Module, data: Dataset, k: int, seed: int, chunk: int) -> Tensor:  # type: ignore[type-arg]
+def margin_grads(model: nn.Module, data: Dataset, k: int, seed: int, chunk: int) -> Tensor:
     """``(n, k)`` float32 ``S grad f(z_i)``: TRAK's features of one model (the engine
     differentiates the output function itself, :class:`~fine_cli.tasks.OutputFunctionTask`)."""
     engine = GradEngine(model, chunk_size=chunk, task=OutputFunctionTask())
@@ -79,7 +79,7 @@ def margin_grads(model: nn.Module, data: Dataset, k: int, seed: int, chunk: int)
 
 def gauss_newton(
     model: nn.Module,
-    data: Dataset,  # type: ignore[type-arg]
+    data: Dataset,
     n_classes: int,
     k: int,
     seed: int,
@@ -131,8 +131,8 @@ class FeatureRequest:
 def collect(
     req: FeatureRequest,
     models: Sequence[nn.Module],
-    data: Dataset,  # type: ignore[type-arg]
-    queries: Dataset | None = None,  # type: ignore[type-arg]
+    data: Dataset,
+    queries: Dataset | None = None,
 ) -> dict[str, np.ndarray]:
     """Arrays of docs/ARTIFACTS.md ("projected features") for ``models`` at their current
     weights: ``proj_grad`` ``(E, n, k)``, ``one_minus_p`` ``(E, n)``, ``ggn`` ``(k, k)`` when
@@ -140,7 +140,7 @@ def collect(
     ``queries`` ``(x (m, ...), y (m,))``. ``req.timing`` gets seconds per part."""
     e = req.n_models(len(models))
     k, seed, chunk = req.proj_dim, req.seed, req.chunk_size
-    n = len(data)  # type: ignore[arg-type]
+    n = size(data)
     out: dict[str, np.ndarray] = {
         "proj_grad": np.zeros((e, n, k), np.float32),
         "one_minus_p": np.zeros((e, n), np.float64),

@@ -33,6 +33,7 @@ MADE_BY = {
     "influence": "fine estimate",
     "ranking": "fine rank",
     "truth": "fine validate --save-truth",
+    "result": "a fine stage",  # a file read without saying which kind it must be
 }
 
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from fine_cli import registry
-from fine_cli.batches import ShuffledBatches, loader
+from fine_cli.batches import ShuffledBatches, loader, size
 from fine_cli.config import Config
 from fine_cli.errors import ConfigError
 from fine_cli.tasks import ClassificationTask, Task
@@ -94,10 +94,31 @@ def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     )
 
 
+def config_augment(cfg: Config) -> AugmentFn | None:
+    """The config's training augmentation (``train.augment``), or None."""
+    if not cfg.train.augment:
+        return None
+    from fine_cli.augment import build_augment
+
+    return build_augment(cfg.train.augment)
+
+
+def apply_schedule(cfg: Config, opts: list[torch.optim.Optimizer], epoch0: int) -> None:
+    """Set the learning rate in force during 0-based ``epoch0`` (``train.schedule``;
+    constant: left as the optimiser has it)."""
+    if cfg.train.schedule == "constant":
+        return
+    from fine_cli.schedules import lr_at, set_lr
+
+    lr = lr_at(cfg.train, epoch0)
+    for opt in opts:
+        set_lr(opt, lr)
+
+
 def train_epoch(
     model: nn.Module,
     opt: torch.optim.Optimizer,
-    train_set: Dataset,  # type: ignore[type-arg]
+    train_set: Dataset,
     batch: int,
     gen: torch.Generator,
     task: Task | None = None,
@@ -107,7 +128,7 @@ def train_epoch(
     minimising the task's mean loss over each batch."""
     task = task if task is not None else ClassificationTask()
     model.train()
-    for xb, yb in loader(train_set, ShuffledBatches(len(train_set), batch, gen)):  # type: ignore[arg-type]
+    for xb, yb in loader(train_set, ShuffledBatches(size(train_set), batch, gen)):
         if augment is not None:
             xb = augment(xb, gen)
         opt.zero_grad(set_to_none=False)  # reusing grad buffers: fresh allocations are slow
@@ -118,7 +139,9 @@ def train_epoch(
 
 __all__ = [
     "Seeds",
+    "apply_schedule",
     "checkpoint_epochs",
+    "config_augment",
     "derive_seeds",
     "feature_methods",
     "make_optimizer",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -65,3 +66,26 @@ def tiny_signals(tmp_path_factory: pytest.TempPathFactory) -> Path:
     res = CliRunner().invoke(app, ["train-collect", str(cfg), "-o", str(out), "-q"])
     assert res.exit_code == 0, res.output
     return out
+
+
+def parts(result: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(arrays, meta) of a typed result, for tests that read both."""
+    return result.arrays, result.meta
+
+
+def _method_fns() -> dict[str, Any]:
+    """name -> fn(view, queries) -> (q, G) of every registered method, in registry order
+    (f-INE with the default estimator, without bootstrap or p-values)."""
+    from fine_cli import registry
+    from fine_cli.estimators.fine_method import fine_scores
+
+    out: dict[str, Any] = {}
+    for name, m in registry.methods().items():
+        if m.score is not None:
+            out[name] = lambda sig, queries, _m=m: _m.score(sig, queries, None)
+        else:
+            out[name] = fine_scores
+    return out
+
+
+METHODS = _method_fns()

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fine_cli.artifacts import make_meta, save_artifact
+from fine_cli.artifacts import save_artifact
 from fine_cli.cli import app
+from fine_cli.results import make_meta
 from fine_cli.stages.evaluate import load_runs, run_consistency, run_variability
 
 runner = CliRunner()

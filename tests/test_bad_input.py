@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fine_cli.artifacts import load_artifact, make_meta, save_artifact
+from fine_cli.artifacts import load_artifact, save_artifact
 from fine_cli.cli import app
+from fine_cli.results import make_meta
 from tests.conftest import write_config
 
 runner = CliRunner()

@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 from fine_cli.cli import app
 from fine_cli.config import load_config
 from fine_cli.errors import FineError
-from fine_cli.estimators import METHODS, Signals
 from fine_cli.estimators.baselines import margin, tracin
 from fine_cli.estimators.influence_functions import DAMPING, if_scores, influence
+from fine_cli.estimators.samples import SignalView
 from fine_cli.estimators.trak import RIDGE, trak, trak_scores
 from fine_cli.stages import train_collect
-from tests.conftest import write_config
+from tests.conftest import METHODS, parts, write_config
 
 # float32 per-sample gradients, summed in another order than the autograd loop.
 F32_RTOL, F32_ATOL = 2e-4, 1e-6
@@ -32,9 +32,9 @@ F64_RTOL = 1e-9
 RANK_TOL = 1e-9
 
 
-def _view(arrays: dict[str, np.ndarray], mode: str) -> Signals:
-    keep = {k: v for k, v in arrays.items() if k in Signals.__dataclass_fields__}
-    return Signals(mode=mode, **keep)
+def _view(arrays: dict[str, np.ndarray], mode: str) -> SignalView:
+    keep = {k: v for k, v in arrays.items() if k in SignalView.__dataclass_fields__}
+    return SignalView(mode=mode, **keep)
 
 
 def _per_sample_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fn: Any) -> np.ndarray:
@@ -66,8 +66,10 @@ def _run(tmp_path: Path, overrides: list[str], test_mode: bool = False) -> tuple
     """train-collect on the tiny config, keeping copies of main and aux at every checkpoint."""
     cfg = load_config(write_config(tmp_path / "cfg.yaml"), overrides)
     snaps: list[list[nn.Module]] = []
-    arrays, meta = train_collect.run(
-        cfg, on_checkpoint=lambda c, e, models: snaps.append([copy.deepcopy(m) for m in models])
+    arrays, meta = parts(
+        train_collect.run(
+            cfg, on_checkpoint=lambda c, e, models: snaps.append([copy.deepcopy(m) for m in models])
+        )
     )
     return cfg, arrays, meta, snaps
 
@@ -100,7 +102,9 @@ def test_tracin_equals_autograd_loop_over_checkpoints(tmp_path: Path) -> None:
     got = tracin(_view(arrays, "test"), None)
     np.testing.assert_allclose(got, want_test, rtol=F32_RTOL, atol=F32_ATOL)
     # self mode (same seeds, so the same models): sum_c lr_c ||g_c(z)||^2
-    self_arrays, _ = train_collect.run(load_config(write_config(tmp_path / "s.yaml"), over[:2]))
+    self_arrays, _ = parts(
+        train_collect.run(load_config(write_config(tmp_path / "s.yaml"), over[:2]))
+    )
     got_self = tracin(_view(self_arrays, "self"), None)[0]
     np.testing.assert_allclose(got_self, want_self, rtol=F32_RTOL, atol=F32_ATOL)
 
@@ -207,17 +211,21 @@ def test_features_and_curvature_of_a_logistic_regression_are_exact(tmp_path: Pat
 
 def test_features_only_when_the_config_lists_trak_or_if(tmp_path: Path) -> None:
     base = ["train.epochs=2", "data.synthetic.n_samples=80"]
-    plain, meta = train_collect.run(
-        load_config(write_config(tmp_path / "a.yaml"), [*base, "experiment.methods=[fine]"])
+    plain, meta = parts(
+        train_collect.run(
+            load_config(write_config(tmp_path / "a.yaml"), [*base, "experiment.methods=[fine]"])
+        )
     )
     assert "proj_grad" not in plain and "ggn" not in plain and meta["features"] is None
     for method in ("trak", "if"):
         with pytest.raises(FineError, match=r"experiment\.methods"):
             METHODS[method](_view(plain, "self"), None)
-    only_trak, _ = train_collect.run(
-        load_config(
-            write_config(tmp_path / "b.yaml"),
-            [*base, "experiment.methods=[trak]", "collect.features.extra_models=1"],
+    only_trak, _ = parts(
+        train_collect.run(
+            load_config(
+                write_config(tmp_path / "b.yaml"),
+                [*base, "experiment.methods=[trak]", "collect.features.extra_models=1"],
+            )
         )
     )
     assert only_trak["proj_grad"].shape[0] == 3 and "ggn" not in only_trak
@@ -225,10 +233,12 @@ def test_features_only_when_the_config_lists_trak_or_if(tmp_path: Path) -> None:
         influence(_view(only_trak, "self"), None)
     # extra models train beside main and aux without changing their signals
     np.testing.assert_array_equal(only_trak["sqnorm"], plain["sqnorm"])
-    only_if, _ = train_collect.run(
-        load_config(
-            write_config(tmp_path / "c.yaml"),
-            [*base, "experiment.methods=[fine]", "estimate.method=if"],
+    only_if, _ = parts(
+        train_collect.run(
+            load_config(
+                write_config(tmp_path / "c.yaml"),
+                [*base, "experiment.methods=[fine]", "estimate.method=if"],
+            )
         )
     )
     assert only_if["proj_grad"].shape[0] == 1 and only_if["ggn"].shape == (16, 16)
@@ -254,7 +264,7 @@ def test_estimate_trak_on_signals_without_features_is_one_sentence(tmp_path: Pat
 def test_margin_is_minus_the_last_margin_and_groups_take_the_mean() -> None:
     rng = np.random.default_rng(1)
     c, n = 3, 6
-    sig = Signals(
+    sig = SignalView(
         mode="self",
         lr=np.ones(c),
         probe_idx=np.zeros((c, 1, 2, 2), np.int64),

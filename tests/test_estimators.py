@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fine_cli.estimators import METHODS, fine_scores
 from fine_cli.estimators.fine import influence_alg2, max_abs_mu, mu_alg2, mu_alg2_reference
-from fine_cli.estimators.samples import Signals, query_samples, self_samples
+from fine_cli.estimators.fine_method import fine_scores
+from fine_cli.estimators.samples import SignalView, query_samples, self_samples
+from tests.conftest import METHODS
 
 EXACT = 1e-10  # float64 arithmetic on the same numbers in another order
 # Algorithm 2 maximises |mu_t| over thresholds, so its estimate is biased away from zero:
@@ -84,7 +85,7 @@ def test_bias_shrinks_with_more_samples() -> None:
 
 def _signals_from_gradients(
     g: np.ndarray, tg: np.ndarray | None, probe: np.ndarray, lr: np.ndarray
-) -> Signals:
+) -> SignalView:
     """Components from explicit gradients g (M, C, n, d) and test gradients tg (M, C, m, d)."""
     c, r, _, _ = probe.shape
     # (M, C, R, 2, d): explicit sums of the gradients of each probe batch
@@ -100,7 +101,7 @@ def _signals_from_gradients(
             for ci in range(c)
         ]
     ).reshape(2, c, r, 2, -1)
-    sig = Signals(
+    sig = SignalView(
         mode="self" if tg is None else "test",
         lr=lr,
         probe_idx=probe,

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fine_cli.artifacts import make_meta, save_artifact
+from fine_cli.artifacts import save_artifact
 from fine_cli.errors import ConfigError, FineError, InputFileError
 from fine_cli.plots import plot_recall
+from fine_cli.results import make_meta
 from fine_cli.stages.evaluate import DEFAULT_P_GRID, RecallReport, load_rankings, run_recall
 
 N = 2000

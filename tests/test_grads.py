@@ -332,12 +332,12 @@ def test_matches_per_sample_autograd(name: str) -> None:
 
 
 def test_wide_linear_layers_take_the_gram_route_for_batches() -> None:
-    from fine_cli.grads.engine import _ProbeBatches
+    from fine_cli.grads.engine import ProbeBatches
 
     model = mlp().double()
     x, y = torch.randn(30, 20, dtype=torch.float64), torch.randint(0, 4, (30,))
     engine = GradEngine(model, chunk_size=8)
-    probe = _ProbeBatches(engine, [(x[:2], y[:2])])
+    probe = ProbeBatches(engine, [(x[:2], y[:2])])
     cap = engine._capture(x[:8], y[:8])
     routes = [probe.by_gram(j, f) for j, f in enumerate(cap.factors) if f is not None]
     assert any(routes)  # 2 x (21 + 32) < 21 x 32: the first layer goes by the Gram block

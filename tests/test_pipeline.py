@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 from fine_cli.artifacts import load_artifact
 from fine_cli.cli import app
 from fine_cli.config import load_config
-from fine_cli.estimators import METHODS, Signals
+from fine_cli.estimators.samples import SignalView
 from fine_cli.stages import estimate, train_collect
+from tests.conftest import METHODS, parts
 
 runner = CliRunner()
 # float32 engine arithmetic summed in another order (chunking) differs in the last bits.
@@ -86,25 +87,27 @@ def test_set_override_reaches_the_artifact(tiny_config: Path, tmp_path: Path) ->
 
 def test_same_seed_same_signals_and_chunk_size_does_not_matter(tiny_config: Path) -> None:
     cfg = load_config(tiny_config, ["train.epochs=2"])
-    a, _ = train_collect.run(cfg)
-    b, _ = train_collect.run(cfg)
+    a, _ = parts(train_collect.run(cfg))
+    b, _ = parts(train_collect.run(cfg))
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    c, _ = train_collect.run(load_config(tiny_config, ["train.epochs=2", "collect.chunk_size=7"]))
+    c, _ = parts(
+        train_collect.run(load_config(tiny_config, ["train.epochs=2", "collect.chunk_size=7"]))
+    )
     for k in ("sqnorm", "ip", "loss", "margin", "probe_sqnorm"):
         np.testing.assert_allclose(c[k], a[k], rtol=CHUNK_RTOL, atol=CHUNK_ATOL, err_msg=k)
-    d, _ = train_collect.run(load_config(tiny_config, ["train.epochs=2", "seed=1"]))
+    d, _ = parts(train_collect.run(load_config(tiny_config, ["train.epochs=2", "seed=1"])))
     assert not np.array_equal(d["sqnorm"], a["sqnorm"])
 
 
-def _view(arrays: dict[str, np.ndarray], mode: str) -> Signals:
-    keep = {k: v for k, v in arrays.items() if k in Signals.__dataclass_fields__}
-    return Signals(mode=mode, **keep)
+def _view(arrays: dict[str, np.ndarray], mode: str) -> SignalView:
+    keep = {k: v for k, v in arrays.items() if k in SignalView.__dataclass_fields__}
+    return SignalView(mode=mode, **keep)
 
 
 def test_self_mode_equals_the_diagonal_of_test_mode(tiny_config: Path) -> None:
     over = ["train.epochs=3", "data.synthetic.n_samples=120"]
-    self_arr, _ = train_collect.run(load_config(tiny_config, over))
+    self_arr, _ = parts(train_collect.run(load_config(tiny_config, over)))
     n = self_arr["train_index"].shape[0]
     test_over = [
         *over,
@@ -112,7 +115,7 @@ def test_self_mode_equals_the_diagonal_of_test_mode(tiny_config: Path) -> None:
         "collect.test_points.source=train",
         f"collect.test_points.indices={list(range(n))}",
     ]
-    test_arr, meta = train_collect.run(load_config(tiny_config, test_over))
+    test_arr, meta = parts(train_collect.run(load_config(tiny_config, test_over)))
     assert meta["mode"] == "test"
     np.testing.assert_allclose(
         np.diagonal(test_arr["gram"], axis1=2, axis2=3), self_arr["sqnorm"], rtol=1e-4, atol=1e-7
@@ -129,7 +132,7 @@ def test_self_mode_equals_the_diagonal_of_test_mode(tiny_config: Path) -> None:
 def test_test_mode_with_groups_file(tiny_config: Path, tmp_path: Path) -> None:
     groups = tmp_path / "groups.json"
     cfg = load_config(tiny_config, ["train.epochs=2"])
-    arrays, _ = train_collect.run(cfg)
+    arrays, _ = parts(train_collect.run(cfg))
     idx = arrays["train_index"]
     groups.write_text(json.dumps([[int(idx[0]), int(idx[1])], [int(idx[5])], idx[10:20].tolist()]))
     out = tmp_path / "t.npz"
@@ -149,7 +152,7 @@ def test_test_mode_with_groups_file(tiny_config: Path, tmp_path: Path) -> None:
         "-q",
     )
     sig = load_artifact(str(out), "signals", estimate.SIGNALS_REQUIRED)
-    arrays, _ = estimate.run(sig, "fine")
+    arrays, _ = parts(estimate.run(sig, "fine"))
     assert arrays["scores"].shape == (3, 3)
     assert arrays["group_ptr"].tolist() == [0, 2, 3, 13]
     rk = tmp_path / "inf.npz"

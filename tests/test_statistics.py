@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
-from fine_cli.artifacts import Artifact, load_artifact
+from fine_cli.artifacts import load_artifact
 from fine_cli.cli import app
 from fine_cli.config import DEFAULT_ESTIMATOR, ESTIMATORS, EstimateConfig
 from fine_cli.errors import FineError
@@ -22,8 +22,12 @@ from fine_cli.estimators.fine import (
     auc_with,
     influence_alg2,
 )
+from fine_cli.estimators.fine_method import fine_statistics
 from fine_cli.estimators.samples import first_checkpoints, query_samples, self_samples
+from fine_cli.estimators.view import signal_view
+from fine_cli.results import Result
 from fine_cli.stages import estimate
+from tests.conftest import parts
 
 runner = CliRunner()
 EXACT = 1e-10
@@ -270,19 +274,21 @@ def test_min_selectable() -> None:
 # ---- the estimate / rank / evaluate tradeoff stages ---------------------------------------
 
 
-def _signals(path: Path) -> Artifact:
+def _signals(path: Path) -> Result:
     return load_artifact(str(path), "signals")
 
 
 def test_default_estimate_reproduces_its_estimator_exactly(tiny_signals: Path) -> None:
     art = _signals(tiny_signals)
-    sig = estimate.signals_view(art)
+    sig = signal_view(art)
     x, y = self_samples(sig)
-    arrays, meta = estimate.run(art, "fine", estimate.EstimateOptions(bootstrap=0, permutations=0))
+    arrays, meta = parts(
+        estimate.run(art, "fine", estimate.EstimateOptions(bootstrap=0, permutations=0))
+    )
     want = ESTIMATOR_FNS[DEFAULT_ESTIMATOR](x, y, sig.n_repeats)
     np.testing.assert_array_equal(arrays["scores"][0], want)
     assert meta["estimator"] == DEFAULT_ESTIMATOR and "stderr" not in arrays
-    alg2, meta2 = estimate.run(art, "fine", estimate.EstimateOptions("alg2", None, 0, 0))
+    alg2, meta2 = parts(estimate.run(art, "fine", estimate.EstimateOptions("alg2", None, 0, 0)))
     np.testing.assert_array_equal(alg2["scores"][0], influence_alg2(x, y))  # the paper's, as is
     assert "clip" in meta2
 
@@ -290,19 +296,19 @@ def test_default_estimate_reproduces_its_estimator_exactly(tiny_signals: Path) -
 def test_stderr_pvalues_and_truncation(tiny_signals: Path) -> None:
     art = _signals(tiny_signals)
     opts = estimate.EstimateOptions("auc", checkpoints=2, bootstrap=30, permutations=40, seed=3)
-    arrays, meta = estimate.run(art, "fine", opts)
+    arrays, meta = parts(estimate.run(art, "fine", opts))
     n = art["train_index"].shape[0]
     assert arrays["stderr"].shape == arrays["pvalue"].shape == (1, n)
     assert np.all(arrays["stderr"] >= 0) and np.all(
         (arrays["pvalue"] > 0) & (arrays["pvalue"] <= 1)
     )
-    sig = first_checkpoints(estimate.signals_view(art), 2)
+    sig = first_checkpoints(signal_view(art), 2)
     x, y = self_samples(sig)
     np.testing.assert_array_equal(arrays["scores"][0], ESTIMATOR_FNS["auc"](x, y, sig.n_repeats))
     assert meta["checkpoints_used"] == 2 and meta["permutations"]["draws"] == 40
-    again, _ = estimate.run(art, "fine", opts)
+    again, _ = parts(estimate.run(art, "fine", opts))
     np.testing.assert_array_equal(again["pvalue"], arrays["pvalue"])  # seeded
-    tracin, _ = estimate.run(art, "tracin", opts)
+    tracin, _ = parts(estimate.run(art, "tracin", opts))
     assert "pvalue" not in tracin  # f-INE only
 
 
@@ -325,7 +331,7 @@ def test_test_mode_statistics_have_query_by_subset_shape() -> None:
 
     g, tg, probe, lr = _random_setting(20, n=9, m=3)
     sig = _signals_from_gradients(g, tg, probe, lr)
-    out = estimate.fine_statistics(sig, estimate.EstimateOptions("std", None, 20, 20))
+    out = fine_statistics(sig, estimate.EstimateOptions("std", None, 20, 20))
     assert out["scores"].shape == out["stderr"].shape == out["pvalue"].shape == (3, 9)
     x, y = query_samples(sig)
     np.testing.assert_allclose(out["scores"][1], ESTIMATOR_FNS["std"](x[1], y[1], 2), atol=EXACT)
@@ -380,7 +386,7 @@ def test_tradeoff_curve_and_plot(tiny_signals: Path, tmp_path: Path) -> None:
     alpha, beta = np.array(curve["alpha"]), np.array(curve["beta"])
     assert alpha[0] == 0 and beta[0] == 1 and alpha[-1] == 1 and beta[-1] == 0
     assert np.all(np.diff(alpha) >= 0) and np.all(np.diff(beta) <= 0)
-    sig = estimate.signals_view(_signals(tiny_signals))
+    sig = signal_view(_signals(tiny_signals))
     x, y = self_samples(sig)
     for name, mu in curve["mu"].items():
         assert mu == pytest.approx(ESTIMATOR_FNS[name](x[3:4], y[3:4], sig.n_repeats)[0])

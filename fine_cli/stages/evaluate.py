@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from fine_cli import metrics
-from fine_cli.artifacts import Artifact, check_shape, load_artifact, require_finite
+from fine_cli.artifacts import load_artifact
 from fine_cli.errors import ConfigError, InputFileError
+from fine_cli.results import Result, check_shape, require_finite
 
 RANKING_ARRAYS = ("order", "score", "is_flipped")
 # Used when a ranking's config does not say (same as EvaluateConfig's default).
@@ -79,7 +80,7 @@ def _json_safe(v: Any) -> Any:
     return v
 
 
-def load_rankings(paths: list[str]) -> list[Artifact]:
+def load_rankings(paths: list[str]) -> list[Result]:
     """Load ranking files (``-`` = standard input, at most once); FineError on any problem."""
     if not paths:
         raise ConfigError("no ranking file given; pass one or more outputs of fine rank.")
@@ -88,7 +89,7 @@ def load_rankings(paths: list[str]) -> list[Artifact]:
     return [load_artifact(p, "ranking", required=RANKING_ARRAYS) for p in paths]
 
 
-def run_recall(rankings: list[Artifact], p_grid: list[float] | None = None) -> RecallReport:
+def run_recall(rankings: Sequence[Result], p_grid: list[float] | None = None) -> RecallReport:
     """Recall, area under the recall curve, AUROC and AUPRC of each ranking.
 
     Args:
@@ -114,7 +115,7 @@ def run_recall(rankings: list[Artifact], p_grid: list[float] | None = None) -> R
     return RecallReport(rankings=results)
 
 
-def _evaluate_one(art: Artifact, label: str, grid: list[float]) -> RankingRecall:
+def _evaluate_one(art: Result, label: str, grid: list[float]) -> RankingRecall:
     flipped, score = _checked_arrays(art, label)
     n, n_flipped = int(flipped.size), int(flipped.sum())
     recall = metrics.recall_at(flipped, grid)
@@ -135,7 +136,7 @@ def _evaluate_one(art: Artifact, label: str, grid: list[float]) -> RankingRecall
     )
 
 
-def _checked_arrays(art: Artifact, label: str) -> tuple[np.ndarray, np.ndarray]:
+def _checked_arrays(art: Result, label: str) -> tuple[np.ndarray, np.ndarray]:
     """``is_flipped`` ``(G,)`` bool and scores ``(G,)`` oriented so higher = ranked earlier."""
     for key in RANKING_ARRAYS:
         if key not in art:
@@ -181,7 +182,7 @@ def _oriented(score: np.ndarray, label: str) -> np.ndarray:
     )
 
 
-def _grid_of(art: Artifact, label: str) -> list[float]:
+def _grid_of(art: Result, label: str) -> list[float]:
     cfg = art.meta.get("config")
     section = cfg.get("evaluate") if isinstance(cfg, dict) else None
     grid = section.get("p_grid") if isinstance(section, dict) else None
@@ -203,7 +204,7 @@ def _check_grid(grid: Any, name: str) -> None:
         )
 
 
-def _labels(rankings: list[Artifact]) -> list[str]:
+def _labels(rankings: Sequence[Result]) -> list[str]:
     """meta["method"] of each ranking, made unique with the estimator (f-INE), else the
     file name, then a counter."""
     methods = [str(a.meta.get("method", "ranking")) for a in rankings]
@@ -269,7 +270,7 @@ class AcrossRunsReport:
         }
 
 
-def load_runs(run_dirs: list[str], methods: list[str] | None = None) -> dict[str, list[Artifact]]:
+def load_runs(run_dirs: list[str], methods: list[str] | None = None) -> dict[str, list[Result]]:
     """The rankings of each method in each RUN directory: ``{method: [ranking per run]}``.
 
     A RUN is a directory holding one training run's rankings, named
@@ -326,14 +327,14 @@ def _methods_in(run: Path) -> set[str]:
 
 
 def _method_order(method: str) -> tuple[int, str]:
-    from fine_cli.estimators import METHODS
+    from fine_cli import registry
 
-    names = list(METHODS)
+    names = registry.names()
     return (names.index(method) if method in names else len(names), method)
 
 
 def run_consistency(
-    runs: dict[str, list[Artifact]], p_grid: list[float] | None = None, run_dirs: Sequence[str] = ()
+    runs: dict[str, list[Result]], p_grid: list[float] | None = None, run_dirs: Sequence[str] = ()
 ) -> AcrossRunsReport:
     """Mean pairwise Jaccard of the top-p% sets across runs, per method (the paper's
     consistency score, Section 1 and Fig. 2): 1 = the same top set in every run."""
@@ -345,7 +346,7 @@ def run_consistency(
 
 
 def run_variability(
-    runs: dict[str, list[Artifact]], p_grid: list[float] | None = None, run_dirs: Sequence[str] = ()
+    runs: dict[str, list[Result]], p_grid: list[float] | None = None, run_dirs: Sequence[str] = ()
 ) -> AcrossRunsReport:
     """Mean coefficient of variation across runs of each entry's score, over the top-p%
     (Fig. 8): std over runs / |mean over runs| per entry (population std), averaged over
@@ -360,7 +361,7 @@ def run_variability(
 
 
 def _across(
-    runs: dict[str, list[Artifact]],
+    runs: dict[str, list[Result]],
     p_grid: list[float] | None,
     run_dirs: list[str],
     measure: str,
@@ -382,7 +383,7 @@ def _across(
     return AcrossRunsReport(measure=measure, run_dirs=run_dirs, methods=out)
 
 
-def _aligned(method: str, arts: list[Artifact]) -> tuple[list[np.ndarray], np.ndarray]:
+def _aligned(method: str, arts: list[Result]) -> tuple[list[np.ndarray], np.ndarray]:
     """Per run, the ranking's subset positions best first ``(G,)``, and scores
     ``(runs, G)`` indexed by subset position; refuses runs that cannot be compared."""
     if len(arts) < 2:
@@ -424,7 +425,7 @@ def _aligned(method: str, arts: list[Artifact]) -> tuple[list[np.ndarray], np.nd
     return orders, np.stack(scores)
 
 
-def _refuse_same_seed(method: str, arts: list[Artifact]) -> None:
+def _refuse_same_seed(method: str, arts: list[Result]) -> None:
     seen: dict[str, str] = {}
     for art in arts:
         seeds = art.meta.get("seeds")

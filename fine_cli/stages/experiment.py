@@ -21,11 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from fine_cli.artifacts import Artifact, load_artifact, save_artifact
+from fine_cli.artifacts import load_signals, save
 from fine_cli.config import Config, config_from_dict, config_to_dict
 from fine_cli.errors import ConfigError
-from fine_cli.stages import estimate, evaluate, rank, train_collect
+from fine_cli.results import Ranking, Signals
+from fine_cli.stages import estimate, evaluate, train_collect
 from fine_cli.stages.evaluate import AcrossRunsReport, RecallReport
+from fine_cli.stages.rank import rank_result
 
 # message(text): one line of progress per step; epoch_progress: train-collect's callback.
 Message = Callable[[str], None]
@@ -142,41 +144,44 @@ def _signals(
     reuse: bool,
     say: Message,
     epoch_progress: EpochProgress | None,
-) -> tuple[Artifact, bool]:
+) -> tuple[Signals, bool]:
     path = directory / "signals.npz"
     if reuse and path.is_file():
-        old = load_artifact(str(path), "signals", estimate.SIGNALS_REQUIRED)
+        old = load_signals(str(path))
         if old.meta.get("config") == config_to_dict(cfg):
             say(f"seed {cfg.seed}: reusing {path}")
             return old, True
         say(f"seed {cfg.seed}: {path} was made by another config; training again")
-    arrays, meta = train_collect.run(cfg, epoch_progress)
-    save_artifact(str(path), "signals", arrays, meta)
-    t = meta["timing"]
+    signals = train_collect.run(cfg, epoch_progress)
+    save(signals, str(path))
+    signals.source = str(path)
+    t = signals.meta["timing"]
     say(
         f"seed {cfg.seed}: trained in {t['train_s']:.1f} s, signals collected in "
         f"{t['collect_s']:.1f} s"
     )
-    return load_artifact(str(path), "signals", estimate.SIGNALS_REQUIRED), False
+    return signals, False
 
 
 def _estimate_and_rank(
-    sig: Artifact, method: str, cfg: Config, directory: Path
-) -> tuple[Artifact, float]:
-    """``fine estimate`` (the config's estimate options) then ``fine rank``; both files
-    saved; returns the ranking and the seconds spent in the two stages (files excluded)."""
+    sig: Signals, method: str, cfg: Config, directory: Path
+) -> tuple[Ranking, float]:
+    """``fine estimate`` (the config's estimate options) then ``fine rank``, in memory; both
+    results saved beside the signals; returns the ranking and the seconds spent in the two
+    stages (files excluded)."""
     t0 = time.perf_counter()
-    arrays, meta = estimate.run(sig, method, estimate.EstimateOptions.from_config(cfg.estimate))
+    influence = estimate.run(sig, method, estimate.EstimateOptions.from_config(cfg.estimate))
     seconds = time.perf_counter() - t0
     inf_path = directory / f"influence-{method}.npz"
-    save_artifact(str(inf_path), "influence", arrays, meta)
-    influence = load_artifact(str(inf_path), "influence", rank.INFLUENCE_REQUIRED)
+    save(influence, str(inf_path))
+    influence.source = str(inf_path)
     t0 = time.perf_counter()
-    r_arrays, r_meta = rank.run(influence)
+    ranking = rank_result(influence)
     seconds += time.perf_counter() - t0
     r_path = directory / f"ranking-{method}.npz"
-    save_artifact(str(r_path), "ranking", r_arrays, r_meta)
-    return load_artifact(str(r_path), "ranking", evaluate.RANKING_ARRAYS), round(seconds, 3)
+    save(ranking, str(r_path))
+    ranking.source = str(r_path)
+    return ranking, round(seconds, 3)
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:

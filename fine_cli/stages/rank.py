@@ -6,9 +6,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fine_cli.artifacts import Artifact, check_shape, make_meta, require_finite
 from fine_cli.errors import ConfigError
 from fine_cli.estimators import null
+from fine_cli.results import Ranking, Result, check_shape, make_meta, require_finite
 
 INFLUENCE_REQUIRED = (
     "scores",
@@ -23,7 +23,7 @@ Aggregate = Literal["mean", "sum"]
 
 
 def run(
-    influence: Artifact,
+    influence: Result,
     query: int | None = None,
     aggregate: Aggregate = "mean",
     fdr: float | None = None,
@@ -100,7 +100,7 @@ def run(
 
 
 def _per_query_extras(
-    influence: Artifact, row: int | None, fdr: float | None
+    influence: Result, row: int | None, fdr: float | None
 ) -> dict[str, np.ndarray]:
     """stderr, pvalue (and qvalue, selected with ``fdr``), each (G,), of query ``row``."""
     present = [k for k in ("stderr", "pvalue") if k in influence]
@@ -127,3 +127,9 @@ def _per_query_extras(
         selected, adjusted = null.benjamini_hochberg(out["pvalue"], fdr)
         out["qvalue"], out["selected"] = adjusted, selected
     return out
+
+
+def rank_result(influence: Result, **options: Any) -> Ranking:
+    """:func:`run` returning a typed :class:`~fine_cli.results.Ranking` (same options)."""
+    arrays, meta = run(influence, **options)
+    return Ranking(arrays=arrays, meta=meta, source="memory")

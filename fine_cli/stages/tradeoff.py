@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from fine_cli.artifacts import Artifact
 from fine_cli.config import ESTIMATORS
 from fine_cli.errors import ConfigError
 from fine_cli.estimators.fine import ESTIMATOR_FNS
 from fine_cli.estimators.samples import first_checkpoints, query_samples, self_samples
-from fine_cli.stages.estimate import signals_view
+from fine_cli.estimators.view import signal_view
+from fine_cli.results import Signals
 
 
 @dataclass
@@ -79,10 +79,10 @@ def gaussian_tradeoff(alpha: np.ndarray, mu: float) -> np.ndarray:
 
 
 def run(
-    signals: Artifact, subset: int, query: int | None = None, checkpoints: int | None = None
+    signals: Signals, subset: int, query: int | None = None, checkpoints: int | None = None
 ) -> TradeoffCurve:
     """The trade-off curve of subset ``subset`` (for test point ``query`` in test mode)."""
-    sig = signals_view(signals)
+    sig = signal_view(signals)
     if checkpoints is not None:
         if not 1 <= checkpoints <= sig.n_checkpoints:
             raise ConfigError(

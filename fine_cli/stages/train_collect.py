@@ -29,7 +29,9 @@ from fine_cli.models import build_model
 from fine_cli.results import Signals
 from fine_cli.training import (
     Seeds,
+    apply_schedule,
     checkpoint_epochs,
+    config_augment,
     derive_seeds,
     feature_methods,
     make_optimizer,
@@ -153,12 +155,12 @@ def run(
         clean_labels=data.clean_train_y.numpy(),
         index=data.train.index,
     )
-    augment = _augment(cfg)
+    augment = config_augment(cfg)
     train_s = extra_s = 0.0
     for epoch in range(1, cfg.train.epochs + 1):
         if progress:
             progress("training", epoch - 1, cfg.train.epochs)
-        _schedule(cfg, opts, epoch - 1)
+        apply_schedule(cfg, opts, epoch - 1)
         t0 = time.perf_counter()
         for model, opt, gen in zip(models[:2], opts, gens):
             train_epoch(model, opt, train_set, cfg.train.batch_size, gen, augment=augment)
@@ -212,27 +214,6 @@ def run(
     )
     signals.arrays.update(features)
     return signals
-
-
-def _augment(cfg: Config):  # type: ignore[no-untyped-def]
-    """The config's training augmentation, or None."""
-    specs = getattr(cfg.train, "augment", None)
-    if not specs:
-        return None
-    from fine_cli.augment import build_augment
-
-    return build_augment(specs)
-
-
-def _schedule(cfg: Config, opts: list[torch.optim.Optimizer], epoch0: int) -> None:
-    """Set the learning rate in force during 0-based ``epoch0`` (constant: left as is)."""
-    if getattr(cfg.train, "schedule", "constant") == "constant":
-        return
-    from fine_cli.schedules import lr_at, set_lr
-
-    lr = lr_at(cfg.train, epoch0)
-    for opt in opts:
-        set_lr(opt, lr)
 
 
 def _sync(device: torch.device) -> None:

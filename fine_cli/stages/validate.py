@@ -28,21 +28,30 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import stats
-from torch import nn
 
 from fine_cli import metrics
-from fine_cli.artifacts import Artifact, check_shape, make_meta
+from fine_cli.batches import TensorPairs
 from fine_cli.config import ESTIMATORS, Config, config_to_dict
 from fine_cli.data import LoadedData, load_data
 from fine_cli.errors import ConfigError, InputFileError
 from fine_cli.estimators.fine import auc_with
 from fine_cli.models import build_model
+from fine_cli.results import Signals, Truth, check_shape, make_meta
 from fine_cli.stages import estimate, train_collect
-from fine_cli.stages.train_collect import make_optimizer, resolve_device, train_epoch
+from fine_cli.tasks import ClassificationTask
+from fine_cli.training import (
+    apply_schedule,
+    config_augment,
+    make_optimizer,
+    resolve_device,
+    train_epoch,
+)
 
 # progress(models_done, models_total)
 Progress = Callable[[int, int], None]
 TRUTH_REQUIRED = ("in_mask", "loss", "confidence", "mu_true", "mean_diff", "mu_lira", "flip_mask")
+# The ground truth is self-influence of a classifier: its loss and LiRA's confidence.
+TASK = ClassificationTask()
 # Points per forward pass when scoring the trained models.
 EVAL_CHUNK = 4096
 
@@ -66,9 +75,7 @@ def model_seeds(seed: int, n_models: int) -> tuple[list[int], np.random.Generato
 
 def logit_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(n,) phi = z_y - logsumexp_{k != y} z_k = log p_y - log(1 - p_y), computed stably."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.scatter(1, y[:, None], -torch.inf)
-    return true - torch.logsumexp(others, dim=1)
+    return TASK.output_function(logits, y)
 
 
 def _train_on(
@@ -81,15 +88,18 @@ def _train_on(
     model = build_model(cfg.model, data.input_shape, data.n_classes, seed).to(device)
     opt = make_optimizer(cfg, model)
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(cfg.train.epochs):
-        train_epoch(model, opt, x[sel], y[sel], cfg.train.batch_size, gen)
+    part = TensorPairs(x[sel], y[sel])
+    augment = config_augment(cfg)
+    for epoch0 in range(cfg.train.epochs):
+        apply_schedule(cfg, [opt], epoch0)
+        train_epoch(model, opt, part, cfg.train.batch_size, gen, TASK, augment)
     model.eval()
     losses, confs = [], []
     with torch.no_grad():
         for start in range(0, x.shape[0], EVAL_CHUNK):
             xb, yb = x[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
             logits = model(xb).double()
-            losses.append(nn.functional.cross_entropy(logits, yb, reduction="none"))
+            losses.append(TASK.measurement(logits, yb))
             confs.append(logit_confidence(logits, yb))
     return torch.cat(losses).cpu().numpy(), torch.cat(confs).cpu().numpy()
 
@@ -128,9 +138,9 @@ def truth_from_samples(
 
 def run_truth(
     cfg: Config, progress: Progress | None = None, data: LoadedData | None = None
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Train ``cfg.validation.models`` models on balanced random halves; returns (arrays, meta)
-    of a truth artifact (docs/ARTIFACTS.md). ``data`` replaces ``load_data(cfg.data)``."""
+) -> Truth:
+    """Train ``cfg.validation.models`` models on balanced random halves; returns the truth
+    (docs/ARTIFACTS.md). ``data`` replaces ``load_data(cfg.data)``."""
     m = cfg.validation.models
     if m % 2:
         raise ConfigError(
@@ -166,10 +176,10 @@ def run_truth(
         model_seeds=seeds,
         device=str(device),
     )
-    return arrays, meta
+    return Truth(arrays=arrays, meta=meta, source="retraining")
 
 
-def check_truth(art: Artifact) -> None:
+def check_truth(art: Truth) -> None:
     """Shapes of a loaded truth artifact."""
     m, n = art["in_mask"].shape
     for k in ("loss", "confidence"):
@@ -239,7 +249,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(metrics.average_ranks(a), metrics.average_ranks(b))[0, 1])
 
 
-def truth_summary(truth: Artifact) -> dict[str, float]:
+def truth_summary(truth: Truth) -> dict[str, float]:
     mu, flip = truth["mu_true"], truth["flip_mask"].astype(bool)
     m = truth["in_mask"].shape[0]
     cap = float(np.sqrt(2.0) * stats.norm.ppf(1.0 - 0.5 / (m // 2) ** 2))
@@ -255,7 +265,7 @@ def truth_summary(truth: Artifact) -> dict[str, float]:
 
 
 def method_scores(
-    signals: Artifact, methods: list[str], options: estimate.EstimateOptions
+    signals: Signals, methods: list[str], options: estimate.EstimateOptions
 ) -> dict[str, np.ndarray]:
     """(n,) self-influence of every f-INE estimator and every baseline in ``methods``."""
     out: dict[str, np.ndarray] = {}
@@ -267,20 +277,19 @@ def method_scores(
             permutations=0,
             seed=options.seed,
         )
-        arrays, _ = estimate.run(signals, "fine", opts)
-        out[f"fine/{name}"] = arrays["scores"][0]
+        out[f"fine/{name}"] = estimate.run(signals, "fine", opts).scores[0]
     for m in methods:
         if m == "fine":
             continue
         opts = estimate.EstimateOptions(
             checkpoints=options.checkpoints, bootstrap=0, permutations=0
         )
-        out[m] = estimate.run(signals, m, opts)[0]["scores"][0]
+        out[m] = estimate.run(signals, m, opts).scores[0]
     return out
 
 
 def compare(
-    truth: Artifact, runs: list[dict[str, np.ndarray]], jaccard_p: float
+    truth: Truth, runs: list[dict[str, np.ndarray]], jaccard_p: float
 ) -> list[MethodValidation]:
     """Per method: Spearman with the truth and AUROC per run, Jaccard across runs."""
     flip = truth["flip_mask"].astype(bool)
@@ -301,7 +310,7 @@ def compare(
     return rows
 
 
-def check_same_data(truth: Artifact, signals: Artifact, label: str) -> None:
+def check_same_data(truth: Truth, signals: Signals, label: str) -> None:
     same = (
         signals["train_index"].shape == truth["train_index"].shape
         and np.array_equal(signals["train_index"], truth["train_index"])
@@ -319,18 +328,19 @@ def check_same_data(truth: Artifact, signals: Artifact, label: str) -> None:
         )
 
 
-def collect_signals(cfg: Config, progress: train_collect.Progress | None = None) -> list[Artifact]:
+def collect_signals(cfg: Config, progress: train_collect.Progress | None = None) -> list[Signals]:
     """Stage 1 for every seed in ``cfg.experiment.seeds``, kept in memory."""
     out = []
     for s in cfg.experiment.seeds:
         run_cfg = cfg.model_copy(update={"seed": s})
-        arrays, meta = train_collect.run(run_cfg, progress)
-        out.append(Artifact(kind="signals", arrays=arrays, meta=meta, source=f"seed {s}"))
+        signals = train_collect.run(run_cfg, progress)
+        signals.source = f"seed {s}"
+        out.append(signals)
     return out
 
 
 def run(
-    cfg: Config, truth: Artifact, signals: list[Artifact], options: estimate.EstimateOptions
+    cfg: Config, truth: Truth, signals: list[Signals], options: estimate.EstimateOptions
 ) -> ValidateReport:
     """Score every method on each signals file and compare with the truth."""
     check_truth(truth)

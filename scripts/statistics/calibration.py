@@ -13,7 +13,7 @@ from fine_cli.artifacts import load_artifact
 from fine_cli.estimators import null
 from fine_cli.estimators.fine import ESTIMATOR_FNS
 from fine_cli.estimators.samples import self_null_samples, self_samples
-from fine_cli.stages.estimate import signals_view
+from fine_cli.estimators.view import signal_view as signals_view
 
 K = int(sys.argv[1])
 Q = 0.05

@@ -6,7 +6,7 @@ import numpy as np
 
 from fine_cli.artifacts import load_artifact
 from fine_cli.estimators.samples import MAIN, self_null_samples
-from fine_cli.stages.estimate import signals_view
+from fine_cli.estimators.view import signal_view as signals_view
 
 sig = signals_view(load_artifact(sys.argv[1], "signals"))
 xn, yn = self_null_samples(sig)

@@ -17,22 +17,22 @@ from fine_cli.estimators import METHODS
 from fine_cli.estimators.fine import ESTIMATOR_FNS, influence_paired
 from fine_cli.estimators.samples import (
     MAIN,
-    Signals,
+    SignalView,
     first_checkpoints,
     self_null_samples,
     self_samples,
 )
-from fine_cli.stages.estimate import signals_view
+from fine_cli.estimators.view import signal_view as signals_view
 from fine_cli.stages.validate import spearman
 
-Score = Callable[[Signals], np.ndarray]
+Score = Callable[[SignalView], np.ndarray]
 
 
-def cut(sig: Signals, k: int | None) -> Signals:
+def cut(sig: SignalView, k: int | None) -> SignalView:
     return first_checkpoints(sig, k) if k else sig
 
 
-def contrasts(sig: Signals) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def contrasts(sig: SignalView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """D (n, C*R), the null contrast without the self term, and ||g|| per sample."""
     x, y = self_samples(sig)
     xn, yn = self_null_samples(sig)
@@ -40,7 +40,7 @@ def contrasts(sig: Signals) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x - y, xn - yn, gnorm
 
 
-def z_scores(sig: Signals) -> np.ndarray:
+def z_scores(sig: SignalView) -> np.ndarray:
     """D / (||g|| kappa_c), kappa_c a robust cross-sectional scale of the null contrasts."""
     d, dn, gn = contrasts(sig)
     ratio = dn / np.maximum(gn, 1e-30)
@@ -49,7 +49,7 @@ def z_scores(sig: Signals) -> np.ndarray:
 
 
 def estimator(name: str, k: int | None) -> Score:
-    def score(sig: Signals) -> np.ndarray:
+    def score(sig: SignalView) -> np.ndarray:
         s = cut(sig, k)
         return ESTIMATOR_FNS[name](*self_samples(s), s.n_repeats)
 
@@ -61,7 +61,7 @@ def baseline(name: str, k: int | None) -> Score:
 
 
 def stouffer(k: int | None) -> Score:
-    def score(sig: Signals) -> np.ndarray:
+    def score(sig: SignalView) -> np.ndarray:
         z = z_scores(cut(sig, k))
         return z.sum(1) / np.sqrt(z.shape[1])
 
@@ -71,7 +71,7 @@ def stouffer(k: int | None) -> Score:
 def compose(k: int | None) -> Score:
     """Corollary 2.7: sqrt(sum mu_c^2), the noise's expected share C removed, signed."""
 
-    def score(sig: Signals) -> np.ndarray:
+    def score(sig: SignalView) -> np.ndarray:
         z = z_scores(cut(sig, k))
         return np.sign(z.sum(1)) * np.sqrt(np.maximum((z**2).sum(1) - z.shape[1], 0.0))
 
@@ -81,7 +81,7 @@ def compose(k: int | None) -> Score:
 def exact_self_term(k: int | None) -> Score:
     """Per-checkpoint mu_c with the exact self term ||g||^2 / b over the noise scale."""
 
-    def score(sig: Signals) -> np.ndarray:
+    def score(sig: SignalView) -> np.ndarray:
         s = cut(sig, k)
         _, dn, gn = contrasts(s)
         b = s.probe_idx.shape[-1]
@@ -94,7 +94,7 @@ def exact_self_term(k: int | None) -> Score:
 def scaled_paired(k: int | None, how: str) -> Score:
     """paired on D scaled per checkpoint by the rms or median of |D_c| over points."""
 
-    def score(sig: Signals) -> np.ndarray:
+    def score(sig: SignalView) -> np.ndarray:
         s = cut(sig, k)
         d = contrasts(s)[0]
         a = np.abs(d).reshape(d.shape[0], s.n_checkpoints, s.n_repeats)
