@@ -34,14 +34,16 @@ experiment: install
 test: install
 	$(BIN)/python -m pytest
 
+LINTED := fine_cli tests benchmarks scripts examples
+
 lint: install
-	$(BIN)/ruff check fine_cli tests benchmarks
-	$(BIN)/ruff format --check fine_cli tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy fine_cli
 
 format: install
-	$(BIN)/ruff format fine_cli tests benchmarks
-	$(BIN)/ruff check --fix fine_cli tests benchmarks
+	$(BIN)/ruff format $(LINTED)
+	$(BIN)/ruff check --fix $(LINTED)
 
 bench: install
 	$(BIN)/python benchmarks/bench.py

@@ -53,29 +53,29 @@ def mnist_sized_config(n_train: int, epochs: int, arch: str = "mlp") -> Any:
 
 def _child(kind: str, n_train: int, epochs: int) -> None:
     """Run in a fresh process so that peak memory (ru_maxrss) belongs to one job."""
-    from fine_cli.data import load_data
-    from fine_cli.models import build_model
-    from fine_cli.stages import train_collect as tc
+    import fine_cli
+    from fine_cli import training
 
     cfg = mnist_sized_config(n_train, epochs)
     if kind == "collect":
         t0 = time.perf_counter()
-        _, meta = tc.run(cfg)
+        signals = fine_cli.train_collect(cfg)
         wall = time.perf_counter() - t0
-        timing = dict(meta["timing"], wall_s=wall)
+        timing = dict(signals.meta["timing"], wall_s=wall)
     else:  # the same two models, the same training loop, no collection
-        data = load_data(cfg.data)
-        seeds = tc.derive_seeds(cfg)
+        data = fine_cli.load_data(cfg.data)
+        seeds = training.derive_seeds(cfg)
         models = [
-            build_model(cfg.model, data.input_shape, data.n_classes, s)
+            fine_cli.build_model(cfg.model, data.input_shape, data.n_classes, s)
             for s in (seeds.main, seeds.aux)
         ]
-        opts = [tc.make_optimizer(cfg, m) for m in models]
+        opts = [training.make_optimizer(cfg, m) for m in models]
         gens = [torch.Generator().manual_seed(s) for s in (seeds.main, seeds.aux)]
+        train_set = fine_cli.TensorPairs(data.train.x, data.train.y)
         t0 = time.perf_counter()
         for _ in range(epochs):
             for m, o, g in zip(models, opts, gens):
-                tc.train_epoch(m, o, data.train.x, data.train.y, cfg.train.batch_size, g)
+                training.train_epoch(m, o, train_set, cfg.train.batch_size, g)
         timing = {"train_s": time.perf_counter() - t0}
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"timing": timing, "peak_mib": peak_kib / 1024}))
@@ -146,8 +146,8 @@ def bench_engine_vs_vmap(n: int, n_vmap: int) -> dict[str, Any]:
 
 
 def fake_signals(n: int, n_ckpt: int, b: int = 100) -> Any:
-    """A self-mode signals artifact of random components: n points, C checkpoints, R = 1."""
-    from fine_cli.results import Result
+    """Self-mode signals of random components: n points, C checkpoints, R = 1."""
+    from fine_cli.results import Signals, make_meta
 
     rng = np.random.default_rng(0)
     f32 = np.float32
@@ -165,14 +165,15 @@ def fake_signals(n: int, n_ckpt: int, b: int = 100) -> Any:
         "margin": np.ones((2, n_ckpt, n), f32),
         "checkpoint_epoch": np.arange(1, n_ckpt + 1),
     }
-    return Result(kind="signals", arrays=arrays, meta={"mode": "self", "config": None})
+    return Signals(arrays=arrays, meta=make_meta("signals", mode="self", config=None))
 
 
 def bench_stage2(n_pairs: int) -> dict[str, Any]:
     """`fine estimate --method fine` on n_pairs points x 100 checkpoints (100 + 100 samples
     per pair), with the paper's Algorithm 2 and with the defaults, vs one MLP epoch."""
+    import fine_cli
+    from fine_cli import training
     from fine_cli.stages import estimate
-    from fine_cli.stages import train_collect as tc
 
     art = fake_signals(n_pairs, 100)
     times = {}
@@ -185,10 +186,12 @@ def bench_stage2(n_pairs: int) -> dict[str, Any]:
         times[name] = time.perf_counter() - t0
     cfg = mnist_sized_config(n_pairs, 1)
     model = _mlp()
-    opt = tc.make_optimizer(cfg, model)
+    opt = training.make_optimizer(cfg, model)
     xs, ys = torch.randn(n_pairs, 784), torch.randint(0, 10, (n_pairs,))
     t0 = time.perf_counter()
-    tc.train_epoch(model, opt, xs, ys, 100, torch.Generator().manual_seed(0))
+    training.train_epoch(
+        model, opt, fine_cli.TensorPairs(xs, ys), 100, torch.Generator().manual_seed(0)
+    )
     epoch_s = time.perf_counter() - t0
     return {
         "alg2_s": times["alg2"],

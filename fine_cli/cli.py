@@ -148,9 +148,7 @@ def train_collect(
 @handled
 def estimate(
     signals: Annotated[str, typer.Argument(help="Signals .npz from train-collect ('-' = stdin).")],
-    method: Annotated[
-        str, typer.Option(help=f"Influence method. {_METHOD_HELP}.")
-    ] = "fine",
+    method: Annotated[str, typer.Option(help=f"Influence method. {_METHOD_HELP}.")] = "fine",
     estimator: Annotated[
         str, typer.Option(help=f"f-INE estimator: {', '.join(ESTIMATORS)} (docs/statistics.md).")
     ] = DEFAULT_ESTIMATOR,
