@@ -27,9 +27,9 @@ import numpy as np
 from fine_cli import metrics
 from fine_cli.artifacts import load_artifact
 from fine_cli.errors import ConfigError, InputFileError
-from fine_cli.results import Result, check_shape, require_finite
+from fine_cli.results import Ranking, Result, check_shape, require_finite
 
-RANKING_ARRAYS = ("order", "score", "is_flipped")
+RANKING_ARRAYS = Ranking.REQUIRED
 # Used when a ranking's config does not say (same as EvaluateConfig's default).
 DEFAULT_P_GRID = [float(p) for p in range(0, 101, 5)]
 

@@ -49,7 +49,7 @@ from fine_cli.training import (
 
 # progress(models_done, models_total)
 Progress = Callable[[int, int], None]
-TRUTH_REQUIRED = ("in_mask", "loss", "confidence", "mu_true", "mean_diff", "mu_lira", "flip_mask")
+TRUTH_REQUIRED = Truth.REQUIRED
 # The ground truth is self-influence of a classifier: its loss and LiRA's confidence.
 TASK = ClassificationTask()
 # Points per forward pass when scoring the trained models.
