@@ -263,14 +263,17 @@ def validate(
     from fine_cli.config import load_config
     from fine_cli.estimators.options import EstimateOptions
     from fine_cli.stages import validate as stage
+    from fine_cli.stages import validate_test
 
     overrides = (set_ or []) + ([f"validation.models={models}"] if models is not None else [])
     cfg = load_config(config, overrides)
+    test_mode = cfg.collect.mode == "test"  # test-point attribution: LDS and mu_true(q, G)
+    module: Any = validate_test if test_mode else stage
     if truth is not None:
         truth_res = load_truth(truth)
     else:
         with console.epoch_progress(quiet, unit="models") as progress:
-            truth_res = stage.run_truth(
+            truth_res = module.run_truth(
                 cfg, (lambda i, m: progress("ground truth", i, m)) if progress else None
             )
         if save_truth is not None:
@@ -280,12 +283,17 @@ def validate(
         runs = [load_signals(p) for p in signals]
     else:
         with console.epoch_progress(quiet) as progress:
-            runs = stage.collect_signals(cfg, progress)
-    report = stage.run(cfg, truth_res, runs, EstimateOptions.from_config(cfg.estimate))
+            runs = (
+                validate_test.collect_signals(cfg, truth_res, progress)
+                if test_mode
+                else stage.collect_signals(cfg, progress)
+            )
+    report = module.run(cfg, truth_res, runs, EstimateOptions.from_config(cfg.estimate))
     text = json.dumps(report.to_dict(), indent=2) + "\n"
     if output is not None:
         _write_text(output, text)
-    console.write_text_stdout(text if as_json else console.format_validation(report))
+    table = console.format_test_validation if test_mode else console.format_validation
+    console.write_text_stdout(text if as_json else table(report))
 
 
 def _write_text(path: str, text: str) -> None:

@@ -251,6 +251,12 @@ class ValidateConfig(_Closed):
     jaccard_p: float = Field(
         20.0, gt=0, le=100, description="Top-p% whose Jaccard across seeds is reported."
     )
+    group_size: int = Field(
+        100, ge=1, description="Test mode: points per random training group (no groups_file)."
+    )
+    outcome: Literal["margin", "loss"] = Field(
+        "margin", description="Test mode: what is measured on a test point (loss: minus it)."
+    )
 
 
 class Config(_Closed):

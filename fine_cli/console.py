@@ -272,3 +272,33 @@ def format_experiment(summary: dict[str, Any], p: float = 20.0) -> str:
     out = Console(file=io.StringIO(), width=120, force_terminal=sys.stdout.isatty())
     out.print(table)
     return out.file.getvalue()  # type: ignore[attr-defined]
+
+
+def format_test_validation(report: Any) -> str:
+    """Rich table of a TestValidateReport: LDS and Spearman with mu_true per method."""
+    t = report.truth
+    title = (
+        f"test-point attribution against retraining ({report.n_models} models on halves of "
+        f"{report.n_groups} groups; {report.n_test} test points; outcome {report.outcome}; "
+        f"{len(report.seeds)} seed(s))"
+    )
+    table = Table(title=title)
+    table.add_column("method")
+    for col in ("LDS", "rho mu_true", "rho / reliability"):
+        table.add_column(col, justify="right")
+
+    def num(v: float | None) -> str:
+        return "-" if v is None or v != v else f"{v:.3f}"
+
+    for m in report.methods:
+        s = m.summary()
+        table.add_row(m.label, num(s["lds"]), num(s["spearman_mu"]), num(s["relative"]))
+    out = Console(file=io.StringIO(), width=120, force_terminal=sys.stdout.isatty())
+    out.print(table)
+    out.print(
+        f"truth: split-half reliability of mu_true {num(t['split_half'])} "
+        f"({num(t['full_m'])} at all {report.n_models} models); LDS of a half's mu_true on "
+        f"the other half's models {num(t['lds_of_half_truth'])}",
+        soft_wrap=True,
+    )
+    return out.file.getvalue()  # type: ignore[attr-defined]

@@ -93,24 +93,34 @@ def summarize(result: ExperimentResult) -> dict[str, Any]:
     }
 
 
+def charged(method: str, r: SeedRun) -> tuple[float, float]:
+    """(training, collection) seconds of run ``r`` that ``method`` is charged, by its
+    registered cost (fine_cli.registry.Cost): f-INE both models; methods that read the main
+    model only half of the two models' training (and collection, when they read the
+    signals); TRAK the models of its ensemble and their features; influence functions the
+    main model's training, features and curvature."""
+    from fine_cli import registry
+
+    proj = [v for k, v in r.features.items() if k.startswith("proj_model")]
+    cost = registry.get(method).cost
+    if cost == "both":
+        return r.train_s, r.collect_s
+    if cost == "main":
+        return r.train_s / 2, r.collect_s / 2
+    if cost == "main-train":
+        return r.train_s / 2, 0.0
+    if cost == "ensemble":
+        return r.train_s + r.train_extra_s, sum(proj)
+    # main-features
+    return r.train_s / 2, (proj[0] if proj else math.nan) + r.features.get("ggn_s", math.nan)
+
+
 def method_time(method: str, runs: list[SeedRun]) -> dict[str, tuple[float, float]]:
     """Seconds each method costs (mean, sd over seeds), split into training, collection and
-    estimation. Methods that read the main model only are charged half of the two models'
-    training and collection; TRAK is charged the models of its ensemble and their features,
-    influence functions the main model's features and curvature."""
+    estimation (see :func:`charged`)."""
     parts: dict[str, list[float]] = {"train": [], "collect": [], "estimate": [], "total": []}
     for r in runs:
-        proj = [v for k, v in r.features.items() if k.startswith("proj_model")]
-        train, collect = r.train_s, r.collect_s
-        if method == "trak":
-            train, collect = r.train_s + r.train_extra_s, sum(proj)
-        elif method == "if":
-            train = r.train_s / 2
-            collect = (proj[0] if proj else math.nan) + r.features.get("ggn_s", math.nan)
-        elif method in ("tracin", "grad-cos"):
-            train, collect = r.train_s / 2, r.collect_s / 2
-        elif method in ("loss", "margin"):
-            train, collect = r.train_s / 2, 0.0
+        train, collect = charged(method, r)
         est = r.estimate_s.get(method, math.nan)
         for key, v in (("train", train), ("collect", collect), ("estimate", est)):
             parts[key].append(v)

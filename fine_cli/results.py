@@ -305,6 +305,21 @@ class Truth(Result):
         "mu_lira",
         "flip_mask",
     )
+    # test mode (fine_cli/stages/validate_test.py): retrainings on halves of groups
+    TEST_REQUIRED: ClassVar[tuple[str, ...]] = (
+        "design",
+        "outcome",
+        "mu_true",
+        "test_index",
+        "group_ptr",
+        "group_members",
+        "train_index",
+    )
+
+    def validate(self, required: tuple[str, ...] | None = None) -> None:
+        if self.meta.get("mode") == "test" and required is None:
+            required = self.TEST_REQUIRED
+        super().validate(required)
 
 
 RESULT_TYPES: dict[str, type[Result]] = {
