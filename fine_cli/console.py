@@ -120,9 +120,17 @@ def format_ranking(rows: list[dict[str, Any]], fmt: str, title: str) -> str:
 
 
 def fdr_line(fdr: dict[str, Any], n: int) -> str:
-    """One sentence on a Benjamini-Hochberg selection (rank's meta["fdr"])."""
+    """One sentence on a selection at a false discovery rate (rank's meta["fdr"]): how
+    many, against which null, and the estimated share of ordinary (null) subsets."""
+    head = f"selected {fdr['selected']} of {n} at FDR {fdr['q']:g}"
+    if fdr.get("null", "zero") == "typical":
+        return (
+            f"{head} against the typical null (more influential than a typical subset: "
+            f"scores ~ N({fdr['loc']:.3g}, {fdr['scale']:.3g}^2) fitted to their bulk, "
+            f"upper tail); estimated ordinary subsets {100 * fdr['pi0']:.0f}%"
+        )
     side = f", {fdr['alternative']} p-values" if fdr.get("alternative") else ""
-    text = f"selected {fdr['selected']} of {n} at FDR {fdr['q']:g} (Benjamini-Hochberg{side})"
+    text = f"{head} against the zero null (no influence at all: permutation{side}, BH)"
     floor = fdr.get("min_selectable")
     if fdr["selected"] == 0 and floor and floor > 1:
         text += (
@@ -284,7 +292,7 @@ def format_test_validation(report: Any) -> str:
     )
     table = Table(title=title)
     table.add_column("method")
-    for col in ("LDS", "rho mu_true", "rho / reliability"):
+    for col in ("LDS", "rho mu_true", "rho / sqrt(reliability)"):
         table.add_column(col, justify="right")
 
     def num(v: float | None) -> str:

@@ -164,7 +164,7 @@ class TestMethodValidation:
     label: str
     lds: list[float]  # mean over test points of the per-point LDS
     spearman_mu: list[float]  # mean over test points of Spearman with mu_true(q, .)
-    relative: list[float]  # spearman_mu / the truth's reliability at all M
+    relative: list[float]  # spearman_mu / sqrt(the truth's reliability at all M)
 
     def summary(self) -> dict[str, float]:
         return {k: _mean(getattr(self, k)) for k in ("lds", "spearman_mu", "relative")}
@@ -249,7 +249,9 @@ def run(
             row.lds.append(float(np.nanmean(datamodels.lds(scores, design, outcome))))
             rho = float(np.nanmean(datamodels.truth_spearman(scores, mu)))
             row.spearman_mu.append(rho)
-            row.relative.append(rho / ceiling if ceiling > 0 else float("nan"))
+            # Spearman's correction for attenuation: a truth of reliability r correlates at
+            # most sqrt(r) with anything
+            row.relative.append(rho / np.sqrt(ceiling) if ceiling > 0 else float("nan"))
     return TestValidateReport(
         n_train=int(truth["train_index"].shape[0]),
         n_groups=int(design.shape[1]),
