@@ -85,11 +85,13 @@ def rank(
     query: int | None = None,
     aggregate: str = "mean",
     fdr: float | None = None,
+    null: str = "typical",
 ) -> Ranking:
     """Stage 3: subsets ordered from most to least influential (for one test point
     ``query``, or aggregated over them); ``fdr`` = q adds a selection at that false
-    discovery rate."""
-    return _rank.rank_result(influence, query=query, aggregate=aggregate, fdr=fdr)
+    discovery rate against ``null``: ``typical`` (more influential than a typical training
+    point) or ``zero`` (any influence at all); see docs/statistics.md, section 8."""
+    return _rank.run(influence, query, aggregate, fdr, null)  # type: ignore[arg-type]
 
 
 def evaluate_recall(

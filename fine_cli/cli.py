@@ -186,6 +186,13 @@ def estimate(
     console.info(influence.summary() + (f" -> {output}" if output != "-" else ""))
 
 
+class Null(str, Enum):
+    """The null hypothesis of ``rank --fdr`` (fine_cli/selection.py)."""
+
+    typical = "typical"
+    zero = "zero"
+
+
 @app.command()
 @handled
 def rank(
@@ -200,20 +207,27 @@ def rank(
     ] = Agg.mean,
     fdr: Annotated[
         float | None,
-        typer.Option(help="Select by Benjamini-Hochberg at this false discovery rate, e.g. 0.05."),
+        typer.Option(help="Select at this false discovery rate, e.g. 0.05 (see --null)."),
     ] = None,
+    null: Annotated[
+        Null,
+        typer.Option(
+            help="What --fdr tests: typical = more influential than a typical training point "
+            "(empirical null of the scores); zero = any influence at all (permutation p-values).",
+        ),
+    ] = Null.typical,
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="Also write ranking .npz ('-' = stdout).")
     ] = None,
 ) -> None:
     """Order training examples by influence, most influential first."""
-    from fine_cli.artifacts import load_artifact, save_artifact
+    from fine_cli.artifacts import load_influence, save
     from fine_cli.stages import rank as stage
 
-    art = load_artifact(influence, "influence", stage.INFLUENCE_REQUIRED)
-    arrays, meta = stage.run(art, query, aggregate.value, fdr)
+    ranking = stage.run(load_influence(influence), query, aggregate.value, fdr, null=null.value)
+    arrays, meta = ranking.arrays, ranking.meta
     if output is not None:
-        save_artifact(output, "ranking", arrays, meta)
+        save(ranking, output)
     if fdr is not None:
         console.info(console.fdr_line(meta["fdr"], len(arrays["order"])))
     rows = console.ranking_rows(arrays, top)

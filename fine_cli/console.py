@@ -83,7 +83,7 @@ def ranking_rows(arrays: dict[str, np.ndarray], top: int | None) -> list[dict[st
 
 
 # Columns a ranking has when its influence file carried them (f-INE statistics).
-RANKING_EXTRAS = ("stderr", "pvalue", "qvalue", "selected")
+RANKING_EXTRAS = ("stderr", "pvalue", "pvalue_typical", "qvalue", "selected")
 
 
 def _cell(v: Any) -> float | bool:
@@ -220,6 +220,13 @@ def format_validation(report: Any) -> str:
         f"Spearman(mu_true, mu_lira) {t['spearman_mu_true_lira']:.3f}",
         soft_wrap=True,
     )
+    if "split_half" in t:
+        out.print(
+            f"truth's reliability: Spearman {t['split_half']:.3f} between disjoint halves of "
+            f"its models, {t['full_m']:.3f} corrected to all {report.n_models}; no score can "
+            f"correlate above {t['ceiling']:.3f} with mu_true",
+            soft_wrap=True,
+        )
     return out.file.getvalue()  # type: ignore[attr-defined]
 
 

@@ -354,7 +354,9 @@ def test_rank_fdr_selects_and_prints(tiny_signals: Path, tmp_path: Path) -> None
         ],
     )
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["rank", str(inf), "--fdr", "0.2", "--top", "5", "-o", str(rk)])
+    res = runner.invoke(
+        app, ["rank", str(inf), "--fdr", "0.2", "--null", "zero", "--top", "5", "-o", str(rk)]
+    )
     assert res.exit_code == 0, res.output
     assert "selected" in res.output and "stderr" in res.output and "qvalue" in res.output
     ranking = load_artifact(str(rk), "ranking")

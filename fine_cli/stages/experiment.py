@@ -25,9 +25,8 @@ from fine_cli.artifacts import load_signals, save
 from fine_cli.config import Config, config_from_dict, config_to_dict
 from fine_cli.errors import ConfigError
 from fine_cli.results import Ranking, Signals
-from fine_cli.stages import estimate, evaluate, train_collect
+from fine_cli.stages import estimate, evaluate, rank, train_collect
 from fine_cli.stages.evaluate import AcrossRunsReport, RecallReport
-from fine_cli.stages.rank import rank_result
 
 # message(text): one line of progress per step; epoch_progress: train-collect's callback.
 Message = Callable[[str], None]
@@ -46,6 +45,7 @@ class SeedRun:
     train_extra_s: float  # models trained for TRAK's ensemble only
     features: dict[str, float]  # feature collection, by part (fine_cli/features.py)
     estimate_s: dict[str, float]  # by method: `fine estimate` + `fine rank`
+    crossval_s: float = 0.0  # the K fold models of confident learning (fine_cli/crossval.py)
 
 
 @dataclass
@@ -120,6 +120,7 @@ def run(
                 train_extra_s=float(t.get("train_extra_s", 0.0)),
                 features={k: float(v) for k, v in feats.items()},
                 estimate_s=est,
+                crossval_s=float(t.get("crossval_s", 0.0)),
             )
         )
     dirs = [r.directory for r in runs]
@@ -176,7 +177,7 @@ def _estimate_and_rank(
     save(influence, str(inf_path))
     influence.source = str(inf_path)
     t0 = time.perf_counter()
-    ranking = rank_result(influence)
+    ranking = rank.run(influence)
     seconds += time.perf_counter() - t0
     r_path = directory / f"ranking-{method}.npz"
     save(ranking, str(r_path))

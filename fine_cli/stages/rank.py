@@ -6,32 +6,29 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fine_cli import selection
 from fine_cli.errors import ConfigError
-from fine_cli.estimators import null
-from fine_cli.results import Ranking, Result, check_shape, make_meta, require_finite
+from fine_cli.estimators.null import min_selectable
+from fine_cli.results import Influence, Ranking, Result, check_shape, make_meta, require_finite
 
-INFLUENCE_REQUIRED = (
-    "scores",
-    "query_index",
-    "train_index",
-    "labels",
-    "flip_mask",
-    "group_ptr",
-    "group_members",
-)
+INFLUENCE_REQUIRED = Influence.REQUIRED
 Aggregate = Literal["mean", "sum"]
 
 
 def run(
-    influence: Result,
+    influence: Influence,
     query: int | None = None,
     aggregate: Aggregate = "mean",
     fdr: float | None = None,
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    null: str = "typical",
+) -> Ranking:
     """Order subsets by score (one test point, or aggregated over all of them).
 
     For one query, the influence file's ``stderr`` and ``pvalue`` (G,) follow the order;
-    ``fdr`` = q adds Benjamini-Hochberg adjusted p-values ``qvalue`` and ``selected``.
+    ``fdr`` = q adds ``qvalue`` and ``selected`` (G,), a selection at false discovery
+    rate q against ``null`` (fine_cli/selection.py): ``typical`` (more influential than
+    a typical subset; adds ``pvalue_typical``) or ``zero`` (any influence at all: BH on
+    the permutation p-values).
     """
     scores = influence["scores"]
     ptr, members = influence["group_ptr"], influence["group_members"]
@@ -52,7 +49,7 @@ def run(
     else:
         col = scores.mean(axis=0) if aggregate == "mean" else scores.sum(axis=0)
         label = aggregate
-    extras = _per_query_extras(influence, row, fdr)
+    extras, fdr_meta = _per_query_extras(influence, row, fdr, null)
     # Stable sort on -score: equal scores keep their training order (reproducible ties).
     order = np.argsort(-col, kind="stable")
     sizes = np.diff(ptr)
@@ -73,18 +70,6 @@ def run(
         "group_size": sizes[order].astype(np.int64),
         **{k: v[order] for k, v in extras.items()},
     }
-    fdr_meta: dict[str, Any] = {}
-    if fdr is not None:
-        perm = influence.meta.get("permutations") or {}
-        n_perm, side = int(perm.get("draws", 0)), str(perm.get("alternative", "two-sided"))
-        fdr_meta = {
-            "fdr": {
-                "q": fdr,
-                "selected": int(extras["selected"].sum()),
-                "alternative": side,
-                "min_selectable": null.min_selectable(n_g, n_perm, fdr, side) if n_perm else None,
-            }
-        }
     meta = make_meta(
         "ranking",
         method=influence.meta.get("method"),
@@ -96,40 +81,65 @@ def run(
         estimator=influence.meta.get("estimator"),
         **fdr_meta,
     )
-    return arrays, meta
+    return Ranking(arrays=arrays, meta=meta, source="memory")
 
 
 def _per_query_extras(
-    influence: Result, row: int | None, fdr: float | None
-) -> dict[str, np.ndarray]:
-    """stderr, pvalue (and qvalue, selected with ``fdr``), each (G,), of query ``row``."""
+    influence: Result, row: int | None, fdr: float | None, null: str = "typical"
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """stderr, pvalue (and with ``fdr``: qvalue, selected, and for the typical null
+    pvalue_typical), each (G,), of query ``row``; and the meta of the selection."""
     present = [k for k in ("stderr", "pvalue") if k in influence]
     if fdr is not None and not 0.0 < fdr < 1.0:
         raise ConfigError(f"--fdr must lie strictly between 0 and 1, e.g. 0.05; got {fdr}.")
+    if null not in selection.NULLS:
+        raise ConfigError(f"--null must be one of {', '.join(selection.NULLS)}; got {null!r}.")
     if row is None:
         if fdr is not None:
             raise ConfigError(
                 "--fdr selects among the subsets of one test point; add --query K "
                 "(p-values of an aggregate over test points are not defined)."
             )
-        return {}
-    if fdr is not None and "pvalue" not in influence:
+        return {}, {}
+    need = "pvalue" if null == "zero" else "stderr"
+    if fdr is not None and need not in influence:
         raise ConfigError(
-            "--fdr needs p-values, which this influence file lacks; re-run fine estimate "
-            "with --method fine and --permutations K (K > 0)."
+            "--fdr --null typical needs bootstrap standard errors (stderr), which this "
+            "influence file lacks; re-run fine estimate with --method fine and --bootstrap B "
+            "(B >= 2; 200 by default), or use --null zero with its p-values."
+            if null == "typical"
+            else "--fdr --null zero needs p-values, which this influence file lacks; re-run "
+            "fine estimate with --method fine and --permutations K (K > 0)."
         )
     out = {}
     for k in present:
         check_shape(influence, k, influence["scores"].shape)
         out[k] = np.asarray(influence[k][row], dtype=np.float64)
     require_finite(influence, tuple(present))
-    if fdr is not None:
-        selected, adjusted = null.benjamini_hochberg(out["pvalue"], fdr)
-        out["qvalue"], out["selected"] = adjusted, selected
-    return out
-
-
-def rank_result(influence: Result, **options: Any) -> Ranking:
-    """:func:`run` returning a typed :class:`~fine_cli.results.Ranking` (same options)."""
-    arrays, meta = run(influence, **options)
-    return Ranking(arrays=arrays, meta=meta, source="memory")
+    if fdr is None:
+        return out, {}
+    scores = np.asarray(influence["scores"][row], dtype=np.float64)
+    sel = selection.select(scores, fdr, null, stderr=out.get("stderr"), pvalues=out.get("pvalue"))
+    out["qvalue"], out["selected"] = sel.qvalue, sel.selected
+    meta: dict[str, Any] = {"q": fdr, "selected": int(sel.selected.sum()), "null": null}
+    meta["pi0"] = float(sel.pi0)
+    if sel.fit is not None:
+        out["pvalue_typical"] = sel.pvalue
+        fit = sel.fit
+        meta.update(
+            alternative="greater",
+            loc=fit.loc,
+            scale=fit.scale,
+            fitted_scale=None if np.isnan(fit.fitted_scale) else fit.fitted_scale,
+            scale_floor=fit.floor,
+            fitted=fit.fitted,
+        )
+    else:
+        perm = influence.meta.get("permutations") or {}
+        n_perm, side = int(perm.get("draws", 0)), str(perm.get("alternative", "two-sided"))
+        n_g = scores.shape[0]
+        meta.update(
+            alternative=side,
+            min_selectable=min_selectable(n_g, n_perm, fdr, side) if n_perm else None,
+        )
+    return out, {"fdr": meta}
