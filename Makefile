@@ -7,13 +7,13 @@ METHODS := fine tracin grad-cos loss
 # One torch thread per process: two processes spinning 2 threads each on 2 cores crawl.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo experiment test lint format bench clean
+.PHONY: install demo experiment test lint format bench bench-gpu clean
 
 install: $(BIN)/fine
 
 $(BIN)/fine: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,llm]"
 	@touch $@
 
 demo: install
@@ -45,8 +45,13 @@ format: install
 	$(BIN)/ruff format $(LINTED)
 	$(BIN)/ruff check --fix $(LINTED)
 
+# CPU rows, the out-of-core rows (2,000,000 points), and the GPU rows where CUDA is present.
 bench: install
 	$(BIN)/python benchmarks/bench.py
+
+# The GPU rows only: CIFAR ResNet-18 config throughput and collection ratio, the MNIST ratio.
+bench-gpu: install
+	$(BIN)/python benchmarks/bench.py --gpu
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -231,6 +231,227 @@ def bench_resnet(n: int, batch: int) -> dict[str, Any]:
     }
 
 
+# ---- out of core: 2,000,000 points ------------------------------------------------------
+
+# The out-of-core row: a linear model on hashed synthetic points, a few checkpoints.
+OOC_FEATURES, OOC_CLASSES, OOC_EPOCHS, OOC_BATCH, OOC_CHUNK = 32, 10, 3, 1000, 16_384
+
+
+def _splitmix(keys: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each key (splitmix64's finaliser), vectorised."""
+    z = keys.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+class HashedPoints(torch.utils.data.Dataset):
+    """n synthetic points computed from their index, nothing stored: label and unit-variance
+    noise are hashes of the index, x = class mean + noise. A training set of any size in
+    constant memory, read through the same DataLoader path as any dataset."""
+
+    def __init__(self, n: int, d: int = OOC_FEATURES, k: int = OOC_CLASSES) -> None:
+        self.n, self.d, self.k = n, d, k
+        self.means = torch.randn(k, d, generator=torch.Generator().manual_seed(0)) * 1.5
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitems__(self, indices: Any) -> Any:
+        from fine_cli.batches import Batch
+
+        i = np.asarray(indices, dtype=np.uint64)
+        y = (_splitmix(i * np.uint64(self.d + 1)) % np.uint64(self.k)).astype(np.int64)
+        keys = i[:, None] * np.uint64(self.d + 1) + np.arange(1, self.d + 1, dtype=np.uint64)
+        u = (_splitmix(keys) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+        noise = torch.from_numpy(((u - 0.5) * np.sqrt(12.0)).astype(np.float32))
+        yt = torch.from_numpy(y)
+        return Batch((self.means[yt] + noise, yt))
+
+    def __getitem__(self, i: int) -> Any:
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
+
+
+def _ooc_child(kind: str, n: int, work: str) -> None:
+    """``collect``: train two linear models and collect self-mode signals into a directory;
+    ``estimate``: stream f-INE over that directory. Prints the peak resident memory."""
+    from fine_cli import outofcore
+
+    t0 = time.perf_counter()
+    if kind == "ooc-collect":
+        from fine_cli.batches import ShuffledBatches  # noqa: F401 (the built-in batches)
+        from fine_cli.collector import Collector
+        from fine_cli.training import train_epoch
+
+        data = HashedPoints(n)
+        models = []
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            models.append(nn.Linear(OOC_FEATURES, OOC_CLASSES))
+        opts = [torch.optim.Adam(m.parameters(), lr=0.005, betas=(0.9, 0.99)) for m in models]
+        gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+        col = Collector(
+            models[0],
+            models[1],
+            data,
+            probe_batch_size=100,
+            seed=3,
+            chunk_size=OOC_CHUNK,
+            out_dir=work,
+            n_checkpoints=OOC_EPOCHS,
+        )
+        for epoch in range(1, OOC_EPOCHS + 1):
+            for m, o, g in zip(models, opts, gens):
+                train_epoch(m, o, data, OOC_BATCH, g)
+            col.checkpoint(optimizer=opts[0], epoch=epoch)
+        outofcore.save_dir(col.signals(dataset="hashed-synthetic"), work)
+    else:
+        from fine_cli.stages import estimate
+
+        signals = outofcore.load_dir(work, "signals")
+        opts = estimate.EstimateOptions(bootstrap=0, permutations=0)
+        inf = estimate.run(signals, "fine", opts, out_dir=f"{work}-influence")  # type: ignore[arg-type]
+        outofcore.save_dir(inf, f"{work}-influence")
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mib": peak_kib / 1024}))
+
+
+def bench_out_of_core(sizes: tuple[int, int]) -> dict[str, Any]:
+    """Peak memory of collection into a directory and of the streamed estimate, each in a
+    fresh process, at two training-set sizes."""
+    import shutil
+    import tempfile
+
+    out: dict[str, Any] = {}
+    for n in sizes:
+        work = tempfile.mkdtemp(prefix="fine-bench-ooc-")
+        try:
+            for kind in ("ooc-collect", "ooc-estimate"):
+                res = subprocess.run(
+                    [sys.executable, __file__, "--child", kind, "--n", str(n), "--work", work],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                out[(kind, n)] = json.loads(res.stdout.strip().splitlines()[-1])
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(f"{work}-influence", ignore_errors=True)
+    small, big = sizes
+    return {
+        "sizes": sizes,
+        **{
+            f"{kind}_{n}": out[(kind, n)] for kind in ("ooc-collect", "ooc-estimate") for n in sizes
+        },
+        "collect_ratio": out[("ooc-collect", big)]["peak_mib"]
+        / out[("ooc-collect", small)]["peak_mib"],
+        "estimate_ratio": out[("ooc-estimate", big)]["peak_mib"]
+        / out[("ooc-estimate", small)]["peak_mib"],
+    }
+
+
+# ---- GPU: the CIFAR ResNet-18 config and the MNIST ratio -----------------------------------
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def bench_gpu_resnet(n: int, device: str = "cuda") -> dict[str, Any]:
+    """configs/cifar_resnet18.yaml's model, optimiser, batch and chunk size on n random
+    CIFAR-shaped images: training img/s of the two models (fp32 and bf16 autocast) and
+    (training + one checkpoint's collection) / training for one epoch."""
+    import fine_cli
+    from fine_cli import training
+    from fine_cli.collector import Collector
+    from fine_cli.needs import needs_auxiliary, needs_moments
+
+    cfg = fine_cli.load_config(ROOT / "configs" / "cifar_resnet18.yaml", [f"train.device={device}"])
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 32, 32, generator=gen).to(dev)
+    y = torch.randint(0, 10, (n,), generator=gen).to(dev)
+    data = fine_cli.TensorPairs(x, y)
+    n_models = 2 if needs_auxiliary(cfg) else 1
+    models = [fine_cli.build_model(cfg.model, (3, 32, 32), 10, s).to(dev) for s in range(n_models)]
+    opts = [training.make_optimizer(cfg, m) for m in models]
+    gens = [torch.Generator().manual_seed(s) for s in range(n_models)]
+
+    def epoch(precision: str) -> float:
+        _sync(dev)
+        t0 = time.perf_counter()
+        for m, o, g in zip(models, opts, gens):
+            training.train_epoch(m, o, data, cfg.train.batch_size, g, precision=precision)
+        _sync(dev)
+        return time.perf_counter() - t0
+
+    epoch("fp32")  # warm-up: kernels chosen, memory pooled
+    train_s, bf16_s = epoch("fp32"), epoch("bf16")
+    col = Collector(
+        models[0],
+        models[1] if n_models == 2 else None,
+        data,
+        probe_batch_size=cfg.train.batch_size,
+        chunk_size=cfg.collect.chunk_size,
+        moments=needs_moments(cfg),
+    )
+    col.checkpoint(lr=cfg.train.lr)  # warm-up
+    _sync(dev)
+    t0 = time.perf_counter()
+    col.checkpoint(lr=cfg.train.lr)
+    _sync(dev)
+    collect_s = time.perf_counter() - t0
+    return {
+        "n": n,
+        "models": n_models,
+        "train_img_s": n_models * n / train_s,
+        "bf16_img_s": n_models * n / bf16_s,
+        "ratio": (train_s + collect_s) / train_s,
+        "train_s": train_s,
+        "collect_s": collect_s,
+    }
+
+
+def bench_gpu_mnist(n: int, device: str = "cuda") -> dict[str, Any]:
+    """The first CPU row on the GPU: train-collect on MNIST-sized points, 2 epochs."""
+    import fine_cli
+
+    cfg = fine_cli.load_config(mnist_sized_config(n, 2), [f"train.device={device}"])
+    t = fine_cli.train_collect(cfg).meta["timing"]
+    return {"ratio": (t["train_s"] + t["collect_s"]) / t["train_s"], **t}
+
+
+def gpu_rows(quick: bool, device: str = "cuda") -> list[tuple[str, str, str, bool | None]]:
+    name = torch.cuda.get_device_name(0) if device == "cuda" else device
+    r = bench_gpu_resnet(1_000 if quick else 10_000, device)
+    n = 6_000 if quick else 60_000
+    m = bench_gpu_mnist(n, device)
+    return [
+        (
+            f"{name}: CIFAR ResNet-18 config, training throughput of the {r['models']} "
+            f"model(s), fp32 / bf16 autocast ({r['n']:,} random CIFAR-shaped images)",
+            f"{r['train_img_s']:.0f} / {r['bf16_img_s']:.0f} img/s",
+            "-",
+            None,
+        ),
+        (
+            f"{name}: CIFAR ResNet-18 config, (one epoch + one checkpoint's collection) / "
+            "one epoch",
+            f"{r['ratio']:.2f} ({r['train_s']:.1f} s + {r['collect_s']:.1f} s)",
+            "<= 1.5",
+            r["ratio"] <= 1.5,
+        ),
+        (
+            f"{name}: the first row (train-collect on {n:,} MNIST-sized points) / training",
+            f"{m['ratio']:.2f} ({m['train_s']:.1f} s training + {m['collect_s']:.1f} s collection)",
+            "<= 1.5",
+            m["ratio"] <= 1.5,
+        ),
+    ]
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -241,8 +462,9 @@ def machine() -> str:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
-        f"{os.cpu_count()} CPU cores ({cpu}), {mem:.0f} GiB RAM, no GPU used; "
+        f"{os.cpu_count()} CPU cores ({cpu}), {mem:.0f} GiB RAM, {gpu}; "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads; "
         f"Python {platform.python_version()}"
     )
@@ -251,17 +473,41 @@ def machine() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="Smaller sizes (a smoke run).")
-    ap.add_argument("--child", choices=["train", "collect"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--child",
+        choices=["train", "collect", "ooc-collect", "ooc-estimate"],
+        help=argparse.SUPPRESS,
+    )
     ap.add_argument("--n", type=int, default=60_000, help=argparse.SUPPRESS)
     ap.add_argument("--epochs", type=int, default=2, help=argparse.SUPPRESS)
+    ap.add_argument("--work", default="", help=argparse.SUPPRESS)
     ap.add_argument("--no-write", action="store_true", help="Print only; keep docs/ as is.")
+    ap.add_argument(
+        "--gpu", action="store_true", help="GPU rows only (make bench-gpu); needs CUDA."
+    )
+    ap.add_argument(
+        "--out-of-core",
+        action="store_true",
+        help="The out-of-core rows only (2,000,000 vs 200,000 points); other rows are kept.",
+    )
     args = ap.parse_args()
+    if args.child in ("ooc-collect", "ooc-estimate"):
+        _ooc_child(args.child, args.n, args.work)
+        return
     if args.child:
         _child(args.child, args.n, args.epochs)
         return
-    n = 6_000 if args.quick else 60_000
-    rows = []
     print(f"machine: {machine()}", flush=True)
+    if args.gpu:
+        if not torch.cuda.is_available():
+            sys.exit("bench --gpu: no CUDA device here; run it on a machine with a GPU.")
+        finish(gpu_rows(args.quick), args, "bench-gpu")
+        return
+    if args.out_of_core:
+        finish(out_of_core_rows(args.quick), args, "bench-ooc")
+        return
+    n = 6_000 if args.quick else 60_000
+    rows: list[tuple[str, str, str, bool | None]] = []
     c = bench_collection(n, 1 if args.quick else 2)
     rows.append(
         (
@@ -328,26 +574,68 @@ def main() -> None:
         )
     )
     print(rows[-1], flush=True)
-    table = ["| figure | measured | target | met |", "|---|---|---|---|"]
-    table += [f"| {a} | {b} | {t} | {'yes' if ok else 'no'} |" for a, b, t, ok in rows]
-    text = "\n".join(table)
-    print(text)
+    finish(rows, args, "bench")
+    finish(out_of_core_rows(args.quick), args, "bench-ooc")
+    if torch.cuda.is_available():  # make bench on a GPU machine measures the GPU rows too
+        finish(gpu_rows(args.quick), args, "bench-gpu")
+
+
+def out_of_core_rows(quick: bool) -> list[tuple[str, str, str, bool | None]]:
+    from fine_cli.estimators.options import EstimateOptions
+
+    small, big = (20_000, 200_000) if quick else (200_000, 2_000_000)
+    estimator = f"{EstimateOptions().estimator}, no bootstrap or permutations"
+    o = bench_out_of_core((small, big))
+    rows: list[tuple[str, str, str, bool | None]] = []
+    for kind, what in (
+        (
+            "ooc-collect",
+            "train-collect with collect.storage=directory (2 linear models, "
+            f"{OOC_EPOCHS} checkpoints, chunks of {OOC_CHUNK:,})",
+        ),
+        ("ooc-estimate", f"streamed `fine estimate` of that directory ({estimator})"),
+    ):
+        ratio = o[f"{kind}_{big}"]["peak_mib"] / o[f"{kind}_{small}"]["peak_mib"]
+        rows.append(
+            (
+                f"out of core: peak memory of {what} at {big:,} points / at {small:,}",
+                f"{ratio:.2f} ({o[f'{kind}_{big}']['peak_mib']:.0f} MiB vs "
+                f"{o[f'{kind}_{small}']['peak_mib']:.0f} MiB; "
+                f"{o[f'{kind}_{big}']['seconds']:.0f} s at {big:,})",
+                "<= 1.2",
+                ratio <= 1.2,
+            )
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def finish(
+    rows: list[tuple[str, str, str, bool | None]], args: argparse.Namespace, block: str
+) -> None:
+    met = {True: "yes", False: "no", None: "-"}
+    lines = [f"| {a} | {b} | {t} | {met[ok]} |" for a, b, t, ok in rows]
+    print("\n".join(lines))
     if not args.no_write and not args.quick:
-        write_doc(text)
+        write_doc("\n".join(TABLE_HEAD + lines), block)
 
 
-def write_doc(table: str) -> None:
-    """Replace the generated section of docs/performance.md, keep the written analysis."""
-    marker_a, marker_b = "<!-- bench:start -->", "<!-- bench:end -->"
+TABLE_HEAD = ["| figure | measured | target | met |", "|---|---|---|---|"]
+
+
+def write_doc(table: str, block: str = "bench") -> None:
+    """Replace one generated section of docs/performance.md (``bench``: the CPU rows,
+    ``bench-ooc``: out of core, ``bench-gpu``: the GPU rows), keep the rest."""
+    marker_a, marker_b = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    block = f"{marker_a}\nMeasured {stamp} on: {machine()}.\n\n{table}\n{marker_b}"
-    old = OUT.read_text() if OUT.exists() else f"# Performance\n\n{marker_a}\n{marker_b}\n"
+    text = f"{marker_a}\nMeasured {stamp} on: {machine()}.\n\n{table}\n{marker_b}"
+    old = OUT.read_text() if OUT.exists() else "# Performance\n"
     if marker_a in old and marker_b in old:
         head, rest = old.split(marker_a, 1)
         tail = rest.split(marker_b, 1)[1]
-        new = head + block + tail
+        new = head + text + tail
     else:
-        new = old.rstrip() + "\n\n" + block + "\n"
+        new = old.rstrip() + "\n\n" + text + "\n"
     OUT.write_text(new)
     print(f"-> {OUT.relative_to(ROOT)}")
 

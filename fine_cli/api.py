@@ -51,10 +51,19 @@ def train_collect(
     cfg: ConfigLike,
     overrides: Sequence[str] = (),
     progress: Callable[[str, int, int], None] | None = None,
+    *,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    out_dir: str | Path | None = None,
 ) -> Signals:
     """Stage 1: train the main and auxiliary models of ``cfg`` and collect the signals.
-    ``progress(phase, epochs_done, epochs_total)`` is called along the way."""
-    return _train_collect.run(load_config(cfg, overrides), progress)
+    ``progress(phase, epochs_done, epochs_total)`` is called along the way. ``run_dir``
+    keeps the state after every checkpoint and ``resume`` continues from it
+    (docs/ARTIFACTS.md, "Run directories"); ``out_dir`` is the directory that
+    ``collect.storage: directory`` fills (complete it with ``save(signals, out_dir)``)."""
+    return _train_collect.run(
+        load_config(cfg, overrides), progress, run_dir=run_dir, resume=resume, out_dir=out_dir
+    )
 
 
 def estimate(
@@ -102,14 +111,23 @@ def evaluate_recall(
 
 
 def save(result: Result, path: str | Path) -> None:
-    """Write a result as ``.npz`` atomically (``"-"`` = standard output)."""
+    """Write a result as ``.npz`` atomically (``"-"`` = standard output), or as a
+    directory of ``.npy`` files when ``path`` ends with ``/`` or is a directory."""
+    from fine_cli import outofcore
+
+    if outofcore.wants_dir(path):
+        outofcore.save_dir(result, path)
+        return
     artifacts.save(result, str(path))
 
 
 def load(path: str | Path, kind: str | None = None) -> Result:
-    """Read a result file; ``kind`` ("signals", "influence", "ranking", "truth") is checked
-    when given, otherwise taken from the file."""
-    return artifacts.load(str(path), kind)
+    """Read a result file, or a result directory (its arrays mapped, not read:
+    :mod:`fine_cli.outofcore`); ``kind`` ("signals", "influence", "ranking", "truth") is
+    checked when given, otherwise taken from the file."""
+    from fine_cli import outofcore
+
+    return outofcore.open_result(path, kind)
 
 
 __all__ = [

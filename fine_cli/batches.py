@@ -71,9 +71,10 @@ class ShuffledBatches(Sampler[list[int]]):
         self.n, self.batch_size, self.generator = n, batch_size, generator
 
     def __iter__(self) -> Iterator[list[int]]:
-        perm = torch.randperm(self.n, generator=self.generator).tolist()
+        perm = torch.randperm(self.n, generator=self.generator)
+        # one batch at a time to a list: a list of all n positions costs ~36 bytes a point
         for start in range(0, self.n, self.batch_size):
-            yield perm[start : start + self.batch_size]
+            yield perm[start : start + self.batch_size].tolist()
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
@@ -81,11 +82,13 @@ class ShuffledBatches(Sampler[list[int]]):
 
 class _Spans(Sampler[list[int]]):
     def __init__(self, indices: Sequence[int], size: int) -> None:
-        self.indices, self.size = list(indices), size
+        # a range stays a range: listing millions of positions up front costs memory
+        self.indices = indices if isinstance(indices, range) else list(indices)
+        self.size = size
 
     def __iter__(self) -> Iterator[list[int]]:
         for start in range(0, len(self.indices), self.size):
-            yield self.indices[start : start + self.size]
+            yield list(self.indices[start : start + self.size])
 
     def __len__(self) -> int:
         return -(-len(self.indices) // self.size)
@@ -102,8 +105,9 @@ def chunks(
     indices: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
-    """``(start, x, y)`` for consecutive chunks of ``chunk_size`` points, in index order."""
-    idx = list(range(size(dataset))) if indices is None else list(indices)
+    """``(start, x, y)`` for consecutive chunks of ``chunk_size`` points, in index order;
+    ``start`` counts from 0 within ``indices`` (default: every point)."""
+    idx = range(size(dataset)) if indices is None else indices
     start = 0
     for x, y in loader(dataset, _Spans(idx, chunk_size), **kwargs):
         yield start, x, y

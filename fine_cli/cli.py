@@ -18,7 +18,7 @@ import typer
 
 from fine_cli import console, registry
 from fine_cli.config import DEFAULT_ESTIMATOR, ESTIMATORS, EstimateConfig
-from fine_cli.errors import ConfigError, FineError, InputFileError, RunError
+from fine_cli.errors import ConfigError, FineError, InputFileError, RunError, shorten
 
 app = typer.Typer(
     name="fine",
@@ -64,6 +64,9 @@ def handled(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from fine_cli import artifacts
+
+        artifacts.begin_command()  # outputs may not replace inputs; locks released below
         try:
             return fn(*args, **kwargs)
         except FineError as exc:
@@ -77,16 +80,49 @@ def handled(fn: F) -> F:
         except MemoryError:
             console.error("out of memory; lower collect.chunk_size or data.n_train.")
             raise typer.Exit(4) from None
+        except OSError as exc:  # a file system refusal that no stage turned into a sentence
+            where = f" '{shorten(str(exc.filename), 200)}'" if exc.filename else ""
+            console.error(
+                f"cannot use{where}: {exc.strerror or exc}; check the path, its permissions "
+                "and the free space."
+            )
+            raise typer.Exit(4) from None
         except Exception as exc:
             if os.environ.get("FINE_DEBUG"):
                 raise
+            if _out_of_memory(exc):  # torch's allocators raise RuntimeError, not MemoryError
+                console.error(
+                    "out of memory; lower collect.chunk_size, collect.probe_repeats or "
+                    "data.n_train."
+                )
+                raise typer.Exit(4) from None
             console.error(
-                f"internal error ({type(exc).__name__}: {exc}); "
+                f"internal error ({type(exc).__name__}: {shorten(str(exc), 500)}); "
                 "re-run with FINE_DEBUG=1 for a traceback and report it."
             )
             raise typer.Exit(1) from None
+        finally:
+            artifacts.end_command()
 
     return wrapper  # type: ignore[return-value]
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text.lower()
+    )
+
+
+def _claim(path: str | None, inputs: list[str], option: str = "-o") -> None:
+    """Before any work: refuse an output that is a special file, a link, an input or in a
+    directory that cannot be written, and lock it against a second writer."""
+    if path is None:
+        return
+    from fine_cli import artifacts
+
+    artifacts.check_output(path, inputs, option)
+    artifacts.claim_output(path, option)
 
 
 def _method_help() -> tuple[str, FineError | None]:
@@ -126,22 +162,62 @@ def train_collect(
     ] = None,
     output: Output = "signals.npz",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    deterministic: Annotated[
+        bool,
+        typer.Option(
+            help="One thread and deterministic kernels: the same arrays whatever the "
+            "machine's thread count (slower on many cores; docs/ROBUSTNESS.md)."
+        ),
+    ] = False,
+    run_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep the run's state here after every checkpoint, removed on success "
+            "(default: OUTPUT.run; none for -o -)."
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue the run interrupted in --run-dir (same config and data), or start it."
+        ),
+    ] = False,
 ) -> None:
-    """Train the main and auxiliary models and collect f-INE signals (Algorithm 1)."""
+    """Train the main and auxiliary models and collect f-INE signals (Algorithm 1).
+
+    Under torchrun --nproc_per_node=P the models train data-parallel and collection is
+    sharded over the processes; rank 0 writes the output (docs/performance.md).
+    """
+    from fine_cli import distributed, outofcore, runtime
     from fine_cli.artifacts import save
     from fine_cli.config import load_config
+    from fine_cli.runstate import RunDir
     from fine_cli.stages import train_collect as stage
 
     cfg = load_config(config, set_ or [])
-    with console.epoch_progress(quiet) as progress:
-        signals = stage.run(cfg, progress)
-    save(signals, output)
-    t = signals.meta["timing"]
-    console.info(
-        f"signals: {signals.summary()}; "
-        f"training {t['train_s']:.1f} s, collection {t['collect_s']:.1f} s"
-        + (f" -> {output}" if output != "-" else "")
-    )
+    root = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 writes
+    as_dir = outofcore.wants_dir(output) or cfg.collect.storage == "directory"
+    if root:
+        outofcore.claim_dir(output, config) if as_dir else _claim(output, [config])
+    state_dir = run_dir or (None if output == "-" else output.rstrip("/") + ".run")
+    with (
+        runtime.deterministic(deterministic),
+        console.epoch_progress(quiet or not root) as progress,
+    ):
+        signals = stage.run(
+            cfg, progress, run_dir=state_dir, resume=resume, out_dir=output if as_dir else None
+        )
+    if root:
+        outofcore.save_dir(signals, output) if as_dir else save(signals, output)
+        if state_dir is not None:
+            RunDir(state_dir, {}).remove()
+        t = signals.meta["timing"]
+        console.info(
+            f"signals: {signals.summary()}; "
+            f"training {t['train_s']:.1f} s, collection {t['collect_s']:.1f} s"
+            + (f" -> {output}" if output != "-" else "")
+        )
+    distributed.close()
 
 
 @app.command()
@@ -153,8 +229,12 @@ def estimate(
         str, typer.Option(help=f"f-INE estimator: {', '.join(ESTIMATORS)} (docs/statistics.md).")
     ] = DEFAULT_ESTIMATOR,
     checkpoints: Annotated[
-        int | None, typer.Option(min=1, help="Use only the first K checkpoints (any method).")
-    ] = None,
+        str,
+        typer.Option(
+            help="First K checkpoints only (any method); auto = up to the held-out loss "
+            "minimum when the signals record it; all = every checkpoint."
+        ),
+    ] = "auto",
     bootstrap: Annotated[
         int, typer.Option(min=0, help="f-INE: bootstrap draws for a standard error; 0 = none.")
     ] = _EST.bootstrap,
@@ -168,22 +248,36 @@ def estimate(
     output: Output = "influence.npz",
 ) -> None:
     """Estimate the influence of every training subset (f-INE, or a baseline)."""
-    from fine_cli.artifacts import load_signals, save
+    from fine_cli import outofcore
+    from fine_cli.artifacts import save
     from fine_cli.stages import estimate as stage
 
     registry.get(method)  # an unknown name fails before the file is read
-    art = load_signals(signals)
+    as_dir = outofcore.wants_dir(output)  # -o DIR/: .npy files, written as they are scored
+    outofcore.claim_dir(output, signals) if as_dir else _claim(output, [signals])
+    art = outofcore.open_result(signals, "signals")  # a file, or a signals directory
     opts = stage.EstimateOptions(
         estimator=estimator,
-        checkpoints=checkpoints,
+        checkpoints=parse_checkpoints(checkpoints),
         bootstrap=bootstrap,
         permutations=permutations,
         alternative=alternative,
         seed=seed,
     )
-    influence = stage.run(art, method, opts)
-    save(influence, output)
+    influence = stage.run(art, method, opts, out_dir=output if as_dir else None)
+    outofcore.save_dir(influence, output) if as_dir else save(influence, output)
+    for text in influence.meta.get("warnings", []):
+        console.warning(text)
     console.info(influence.summary() + (f" -> {output}" if output != "-" else ""))
+
+
+def parse_checkpoints(value: str) -> int | str | None:
+    """``--checkpoints``: a positive K, ``auto`` or ``all`` (None)."""
+    if value in ("auto", "all"):
+        return None if value == "all" else value
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise ConfigError(f"--checkpoints is '{value}'; give a positive integer K, auto or all.")
 
 
 class Null(str, Enum):
@@ -221,10 +315,12 @@ def rank(
     ] = None,
 ) -> None:
     """Order training examples by influence, most influential first."""
-    from fine_cli.artifacts import load_influence, save
+    from fine_cli.artifacts import save
+    from fine_cli.outofcore import open_result
     from fine_cli.stages import rank as stage
 
-    ranking = stage.run(load_influence(influence), query, aggregate.value, fdr, null=null.value)
+    loaded = open_result(influence, "influence")  # a file, or an influence directory
+    ranking = stage.run(loaded, query, aggregate.value, fdr, null=null.value)
     arrays, meta = ranking.arrays, ranking.meta
     if output is not None:
         save(ranking, output)
@@ -271,6 +367,20 @@ def validate(
         str | None, typer.Option("--output", "-o", help="Also write the JSON report here.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    run_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep each retrained model's results and each seed's signals here until the "
+            "report is written (default with --resume: runs/<name>/validate)."
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Keep results in --run-dir, and reuse those of an interrupted validate "
+            "(same config and data): its finished models and seeds are not trained again."
+        ),
+    ] = False,
 ) -> None:
     """Check every method against a retraining ground truth (models on random halves)."""
     from fine_cli.artifacts import load_signals, load_truth, save
@@ -281,14 +391,28 @@ def validate(
 
     overrides = (set_ or []) + ([f"validation.models={models}"] if models is not None else [])
     cfg = load_config(config, overrides)
+    inputs = [config, *(signals or []), *([truth] if truth else [])]
+    if output is not None and output == save_truth and output != "-":
+        raise ConfigError(f"-o and --save-truth are both '{output}'; give two paths.")
+    _claim(output, inputs)
+    _claim(save_truth, inputs, "--save-truth")
     test_mode = cfg.collect.mode == "test"  # test-point attribution: LDS and mu_true(q, G)
     module: Any = validate_test if test_mode else stage
+    keep = run_dir or (f"runs/{cfg.name}/validate" if resume else None)
+    run = None
+    if keep is not None:
+        from pathlib import Path
+
+        from fine_cli.runstate import open_run
+
+        Path(keep).parent.mkdir(parents=True, exist_ok=True)
+        run = open_run("validate", cfg, keep, resume)
     if truth is not None:
         truth_res = load_truth(truth)
     else:
         with console.epoch_progress(quiet, unit="models") as progress:
             truth_res = module.run_truth(
-                cfg, (lambda i, m: progress("ground truth", i, m)) if progress else None
+                cfg, (lambda i, m: progress("ground truth", i, m)) if progress else None, run=run
             )
         if save_truth is not None:
             save(truth_res, save_truth)
@@ -298,25 +422,28 @@ def validate(
     else:
         with console.epoch_progress(quiet) as progress:
             runs = (
-                validate_test.collect_signals(cfg, truth_res, progress)
+                validate_test.collect_signals(cfg, truth_res, progress, run=run)
                 if test_mode
-                else stage.collect_signals(cfg, progress)
+                else stage.collect_signals(cfg, progress, run=run)
             )
     report = module.run(cfg, truth_res, runs, EstimateOptions.from_config(cfg.estimate))
     text = json.dumps(report.to_dict(), indent=2) + "\n"
     if output is not None:
         _write_text(output, text)
+    if run is not None:
+        run.remove()
     table = console.format_test_validation if test_mode else console.format_validation
     console.write_text_stdout(text if as_json else table(report))
 
 
 def _write_text(path: str, text: str) -> None:
-    from pathlib import Path
+    """Write a text report atomically ('-' = standard output)."""
+    from fine_cli.artifacts import atomic_write
 
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise RunError(f"cannot write '{path}': directory '{target.parent}' does not exist.")
-    target.write_text(text)
+    if path == "-":
+        console.write_text_stdout(text)
+        return
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 @evaluate_app.command("recall")
@@ -339,6 +466,7 @@ def evaluate_recall(
         raise ConfigError(
             "standard input ('-') can be given once only; pass the other rankings as files."
         )
+    _claim(plot, rankings, "--plot")
     report = stage.run_recall(stage.load_rankings(rankings), grid)
     if plot:
         from fine_cli.plots import plot_recall
@@ -379,6 +507,7 @@ def evaluate_tradeoff(
         raise ConfigError(
             f"unknown estimator '{estimator}'; choose one of {', '.join(ESTIMATORS)}."
         )
+    _claim(plot, [signals], "--plot")
     curve = stage.run(load_signals(signals), subset, query, checkpoints)
     plot_tradeoff(curve, plot, highlight=estimator)
     console.info(f"plot -> {plot}")
@@ -387,6 +516,31 @@ def evaluate_tradeoff(
     else:
         mus = ", ".join(f"{k} {v:+.3f}" for k, v in curve.mu.items())
         console.write_text_stdout(f"subset {subset}: mu by estimator: {mus}\n")
+
+
+@app.command()
+@handled
+def inspect(
+    file: Annotated[str, typer.Argument(help="A signals, influence, ranking or truth .npz.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    input_: Annotated[
+        str | None,
+        typer.Option(
+            "--input", help="Check that FILE was made from this file (its recorded sha256)."
+        ),
+    ] = None,
+) -> None:
+    """What a file is and what made it: kind, schema, config, seeds, input hash, versions,
+    threads, timing and array shapes."""
+    from fine_cli.stages import inspect as stage
+
+    d = stage.describe(file, input_)
+    if as_json:
+        console.write_text_stdout(json.dumps(d, indent=2, default=str) + "\n")
+    else:
+        console.write_text_stdout(console.format_inspect(d))
+    if not d["valid"]:
+        raise InputFileError(str(d["problem"]))
 
 
 def _parse_grid(text: str) -> list[float]:
@@ -453,6 +607,7 @@ def _across_runs(
     from fine_cli.stages import evaluate as stage
 
     grid = _parse_grid(p_grid) if p_grid else None
+    _claim(plot, [], "--plot")
     loaded = stage.load_runs(runs, methods)
     fn = stage.run_consistency if measure == "consistency" else stage.run_variability
     report = fn(loaded, grid, runs)
@@ -489,27 +644,100 @@ def run_experiment(
     reuse: Annotated[
         bool, typer.Option(help="Reuse a seed's signals.npz made by the same config.")
     ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue an interrupted run: finished seeds are reused, an interrupted "
+            "seed's train-collect continues from its state."
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")] = False,
 ) -> None:
     """The whole experiment: every seed and method of the config, then the report."""
     import shlex
 
     from fine_cli.config import load_config
-    from fine_cli.report import summarize, write
+    from fine_cli.report import prepare, summarize, write
     from fine_cli.stages import experiment as stage
 
     cfg = load_config(config, set_ or [])
     out = out_dir or f"runs/{cfg.name}"
+    if cfg.llm is not None:  # the language-model poisoning experiment (docs/LLM.md)
+        _run_llm(cfg, config, set_ or [], out, report_dir, quiet)
+        return
+    prepare(report_dir, cfg.name)  # a bad report path fails now, not after the training
     say = None if quiet else console.info
     with console.epoch_progress(quiet) as progress:
-        result = stage.run(cfg, out, reuse, say, progress)
+        result = stage.run(cfg, out, reuse, say, progress, warn=console.warning, resume=resume)
     command = shlex.join(["fine", "run", config, *(f"--set={s}" for s in set_ or [])])
     path = write(result, report_dir, command)
     console.info(f"report -> {path}")
     console.write_text_stdout(console.format_experiment(summarize(result)))
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    # SIGTERM / SIGHUP end a command like Ctrl-C: temporary files and locks are removed
+    raise KeyboardInterrupt
+
+
+def _run_llm(
+    cfg: Any, config: str, overrides: list[str], out: str, report_dir: str, quiet: bool
+) -> None:
+    """``fine run`` on an ``llm:`` config: fine_cli/llm/experiment.py, then its report."""
+    import shlex
+
+    from fine_cli.llm import experiment as llm_stage
+    from fine_cli.llm import report as llm_report
+
+    result = llm_stage.run(cfg, out, None if quiet else console.info)
+    command = shlex.join(["fine", "run", config, *(f"--set={s}" for s in overrides)])
+    path = llm_report.write(result, report_dir, command)
+    console.info(f"report -> {path}")
+    console.write_text_stdout(llm_report.summary_text(llm_report.summarize(result)))
+
+
+@evaluate_app.command("distribution")
+@handled
+def evaluate_distribution(
+    signals: Annotated[str, typer.Argument(help="Signals .npz from train-collect or fine run.")],
+    subset: Annotated[
+        int, typer.Option(min=0, help="Subset position (self mode: the training point's).")
+    ],
+    query: Annotated[int | None, typer.Option(help="Test mode: the test point (position).")] = None,
+    plot: Annotated[
+        str | None, typer.Option(help="Write the two distributions to this PNG.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the samples and the scores as JSON.")
+    ] = False,
+) -> None:
+    """O and O' of one subset over the checkpoints (the paper's Fig. 11), with f-INE's
+    score by each estimator."""
+    from fine_cli.artifacts import load_signals
+    from fine_cli.stages.distribution import distribution
+
+    dist = distribution(load_signals(signals), subset, query)
+    if plot:
+        from fine_cli.plots import distribution_figure, save_png
+
+        save_png(distribution_figure(dist), plot)
+        console.info(f"plot -> {plot}")
+    if as_json:
+        console.write_text_stdout(json.dumps(dist.to_dict()) + "\n")
+    else:
+        mus = ", ".join(f"{k} {v:+.3f}" for k, v in dist.influence.items())
+        console.write_text_stdout(
+            f"subset {subset}: mean O {dist.o.mean():+.4g}, mean O' {dist.o_prime.mean():+.4g} "
+            f"over {dist.o.size} samples; f-INE by estimator: {mus}\n"
+        )
+
+
 def main() -> None:
+    import signal
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, _terminate)
     if _LOAD_ERROR is not None:  # a FINE_PLUGINS module that did not load
         console.error(str(_LOAD_ERROR))
         raise SystemExit(exit_code(_LOAD_ERROR))

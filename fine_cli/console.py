@@ -21,16 +21,23 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 err = Console(stderr=True, highlight=False)
 
 
+# Messages carry file names, config values and method names: they are printed as plain
+# Text, never read as rich markup or emoji codes ("[/]" in a file name is just text).
 def info(msg: str) -> None:
-    err.print(msg, soft_wrap=True)
+    err.print(Text(msg), soft_wrap=True)
+
+
+def warning(msg: str) -> None:
+    err.print(Text("warning: ", style="bold yellow") + Text(msg), soft_wrap=True)
 
 
 def error(msg: str) -> None:
-    err.print(f"[bold red]error:[/] {msg}", soft_wrap=True)
+    err.print(Text("error: ", style="bold red") + Text(msg), soft_wrap=True)
 
 
 @contextmanager
@@ -101,7 +108,7 @@ def format_ranking(rows: list[dict[str, Any]], fmt: str, title: str) -> str:
         writer.writeheader()
         writer.writerows(rows)
         return buf.getvalue()
-    table = Table(title=title)
+    table = Table(title=Text(title))
     extras = [c for c in RANKING_EXTRAS if rows and c in rows[0]]
     for col in ("rank", "train_index", "label", "score", *extras, "flipped"):
         table.add_column(col, justify="right")
@@ -163,7 +170,7 @@ def format_recall(report: Any) -> str:
     for r in report.rankings:
         rec = dict(zip(r.p_grid, r.recall))
         table.add_row(
-            r.label,
+            Text(r.label),
             f"{r.auroc:.3f}",
             f"{r.auprc:.3f}",
             f"{r.area:.3f}",
@@ -201,7 +208,7 @@ def format_validation(report: Any) -> str:
     for m in report.methods:
         s = m.summary()
         table.add_row(
-            m.label,
+            Text(m.label),
             num(s["spearman_mu"]),
             num(s["spearman_lira"]),
             num(s["spearman_mean_diff"]),
@@ -245,7 +252,7 @@ def format_across(report: Any) -> str:
     for p in shown:
         table.add_column(f"{p:g}%", justify="right")
     for m in report.methods:
-        table.add_row(m.method, *(_across_cell(m.at(p)) for p in shown))
+        table.add_row(Text(m.method), *(_across_cell(m.at(p)) for p in shown))
     out = Console(file=io.StringIO(), width=120, force_terminal=sys.stdout.isatty())
     out.print(table)
     return out.file.getvalue()  # type: ignore[attr-defined]
@@ -262,7 +269,7 @@ def _across_cell(v: float) -> str:
 def format_experiment(summary: dict[str, Any], p: float = 20.0) -> str:
     """Rich table of a `fine run` summary: one row per method, over seeds."""
     seeds = summary["seeds"]
-    table = Table(title=f"{summary['name']}: {len(seeds)} seeds {seeds}")
+    table = Table(title=Text(f"{summary['name']}: {len(seeds)} seeds {seeds}"))
     table.add_column("method")
     for col in ("AUROC", "recall area", f"Jaccard@{p:g}%", f"CV@{p:g}%", "time (s)"):
         table.add_column(col, justify="right")
@@ -277,7 +284,7 @@ def format_experiment(summary: dict[str, Any], p: float = 20.0) -> str:
             for key in ("consistency", "variability")
         }
         table.add_row(
-            method,
+            Text(method),
             pm(s["auroc"]),
             pm(s["area"]),
             _across_cell(at["consistency"]),
@@ -299,7 +306,7 @@ def format_test_validation(report: Any) -> str:
     )
     table = Table(title=title)
     table.add_column("method")
-    for col in ("LDS", "rho mu_true", "rho / sqrt(reliability)"):
+    for col in ("LDS", "rho mu_true", "rho / sqrt(reliability)", "cost (trainings)"):
         table.add_column(col, justify="right")
 
     def num(v: float | None) -> str:
@@ -307,7 +314,8 @@ def format_test_validation(report: Any) -> str:
 
     for m in report.methods:
         s = m.summary()
-        table.add_row(m.label, num(s["lds"]), num(s["spearman_mu"]), num(s["relative"]))
+        cost = "-" if s["cost"] != s["cost"] else f"{s['cost']:.1f}"
+        table.add_row(Text(m.label), num(s["lds"]), num(s["spearman_mu"]), num(s["relative"]), cost)
     out = Console(file=io.StringIO(), width=120, force_terminal=sys.stdout.isatty())
     out.print(table)
     out.print(
@@ -316,4 +324,43 @@ def format_test_validation(report: Any) -> str:
         f"the other half's models {num(t['lds_of_half_truth'])}",
         soft_wrap=True,
     )
+    return out.file.getvalue()  # type: ignore[attr-defined]
+
+
+def format_inspect(d: dict[str, Any]) -> str:
+    """Rich tables of ``fine inspect`` (fine_cli/stages/inspect.py): what the file is and
+    what made it, then its arrays."""
+    table = Table(title=Text(f"{d['path']}: {d['kind']} file"), show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+
+    def row(name: str, value: Any) -> None:
+        if value not in (None, {}, []):
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            table.add_row(name, Text(text))
+
+    row("schema", f"{d['kind']} version {d['schema_version']}")
+    row("valid", "yes" if d["valid"] else f"no: {d['problem']}")
+    row("sha256", d["sha256"])
+    if d["input"]:
+        checked = f" (matches '{d['input']['checked']}')" if d["input"].get("checked") else ""
+        row("input", f"{d['input']['key']} {d['input']['sha256']}{checked}")
+    for key in ("method", "estimator", "mode", "dataset", "query"):
+        row(key, d["meta"].get(key))
+    row("seeds", d["seeds"])
+    for key, value in d["config_changes"].items():
+        row(f"config {key}", value)
+    row("versions", d["versions"])
+    row("runtime", d["runtime"])
+    row("timing", d["timing"])
+    for text in d["warnings"] or []:
+        row("warning", text)
+    arrays = Table(title="arrays")
+    for col in ("name", "shape", "dtype"):
+        arrays.add_column(col, justify="left" if col == "name" else "right")
+    for a in d["arrays"]:
+        arrays.add_row(Text(a["name"]), str(tuple(a["shape"])), a["dtype"])
+    out = Console(file=io.StringIO(), width=120, force_terminal=sys.stdout.isatty())
+    out.print(table)
+    out.print(arrays)
     return out.file.getvalue()  # type: ignore[attr-defined]

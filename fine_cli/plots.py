@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from fine_cli.stages.evaluate import RecallReport
 
 if TYPE_CHECKING:
+    from fine_cli.stages.distribution import Distribution
     from fine_cli.stages.tradeoff import TradeoffCurve
 
 _DPI = 120
@@ -129,3 +130,32 @@ def plot_tradeoff(curve: TradeoffCurve, path: str | Path, highlight: str | None 
     ax.legend(loc="upper right", fontsize="small")
     fig.tight_layout()
     return save_png(fig, path)
+
+
+def distribution_figure(dist: Distribution, title: str = "") -> Figure:
+    """Fig. 11: histograms of O and O' over the checkpoints, and both against the
+    checkpoint, with f-INE's score beside the difference of their means."""
+    fig = Figure(figsize=(10.0, 4.2), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    hist, trace = fig.subplots(1, 2)
+    bins = np.histogram_bin_edges(np.concatenate([dist.o, dist.o_prime]), bins=24)
+    sides = ((dist.o, "O (with S)", "C3"), (dist.o_prime, "O' (without S)", "C0"))
+    for values, name, color in sides:
+        label = f"{name}: mean {values.mean():+.3g}"
+        hist.hist(values, bins=bins, alpha=0.55, color=color, label=label)
+        trace.plot(
+            dist.checkpoint, values, marker="o", markersize=2, lw=0.8, color=color, label=name
+        )
+    fine = ", ".join(f"{k} {v:+.2f}" for k, v in dist.influence.items())
+    hist.set_xlabel("test gradient . probe-batch mean gradient")
+    hist.set_ylabel("checkpoints")
+    hist.set_title(f"f-INE: {fine}", fontsize="small")
+    hist.legend(fontsize="small")
+    trace.set_xlabel("checkpoint")
+    trace.set_title(f"mean O - O' = {float(np.mean(dist.o - dist.o_prime)):+.3g}", fontsize="small")
+    trace.legend(fontsize="small")
+    for ax in (hist, trace):
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title or f"subset {dist.subset}, query {dist.query}", fontsize="medium")
+    fig.tight_layout()
+    return fig

@@ -41,8 +41,9 @@ MetaFn = Callable[["SignalView", Any], dict[str, Any]]
 # "both": main + auxiliary training and collection (f-INE); "main": the main model's half
 # of both; "main-train": the main model's training only (loss, margin); "ensemble": every
 # model of TRAK's ensemble and its projected features; "main-features": the main model's
-# training, its projected features and curvature (influence functions).
-Cost = Literal["both", "main", "main-train", "ensemble", "main-features"]
+# training, its projected features and curvature (influence functions); "crossval": the K
+# fold models of cross-validation (confident learning), nothing of the main run.
+Cost = Literal["both", "main", "main-train", "ensemble", "main-features", "crossval"]
 PLUGINS_ENV = "FINE_PLUGINS"
 
 
@@ -56,6 +57,7 @@ class Method:
     full: FullFn | None = None  # all queries at once, with extra arrays (f-INE)
     features: bool = False  # needs projected gradients (train-collect collects them)
     curvature: bool = False  # needs the sketched Gauss-Newton matrix too
+    crossval: bool = False  # needs out-of-fold probabilities (train-collect trains K folds)
     meta: MetaFn | None = None  # what made a score, for the influence file's metadata
     cost: Cost = "main"
     order: int = 100  # position in tables and help (built-ins first)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fine_cli.errors import RunError
+from fine_cli.errors import ConfigError, RunError
 from fine_cli.plots import save_png
 from fine_cli.stages.evaluate import AcrossRunsReport
 from fine_cli.stages.experiment import ExperimentResult, SeedRun, mean_sd
@@ -34,27 +35,72 @@ _DPI = 120
 _SIZE_IN = (7.0, 5.0)
 
 
-def write(result: ExperimentResult, directory: str | Path, command: str = "") -> Path:
-    """Write the report files into ``directory`` (created); returns the markdown's path."""
+# The files of a report, from its name.
+REPORT_FILES = ("{}.json", "{}-recall.png", "{}-consistency.png", "{}-variability.png", "{}.md")
+
+
+def report_paths(directory: str | Path, name: str) -> list[Path]:
+    """The report's files in ``directory``; a name that would leave it (``../x``, ``a/b``)
+    is refused (config names are plain names, fine_cli/config.py)."""
+    out = Path(directory)
+    paths = [out / f.format(name) for f in REPORT_FILES]
+    for p in paths:
+        if p.parent != out or p.name in (".", "..") or os.sep in p.name:
+            raise ConfigError(
+                f"report name '{name}' would write outside '{directory}'; use a plain name "
+                "(letters, digits, '.', '_' and '-')."
+            )
+    return paths
+
+
+def prepare(directory: str | Path, name: str) -> Path:
+    """Before the training: :func:`check_directory`, and lock the report against a second
+    ``fine run`` writing it until the command ends. Returns the directory."""
+    from fine_cli.artifacts import claim_output
+
+    out = check_directory(directory, name)
+    claim_output(report_paths(out, name)[-1], "--report-dir")
+    return out
+
+
+def check_directory(directory: str | Path, name: str) -> Path:
+    """Create ``directory`` and check that every report file can be written there (a
+    plain name; not a link, a device or a directory). Returns the directory."""
+    from fine_cli.artifacts import check_output
+
     out = Path(directory)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise RunError(f"cannot create report directory '{out}': {err.strerror}.") from None
-    name = result.name
+        raise RunError(
+            f"cannot create report directory '{out}': {err.strerror}; pass another --report-dir."
+        ) from None
+    for p in report_paths(out, name):
+        check_output(p, option="--report-dir")
+    return out
+
+
+def write(result: ExperimentResult, directory: str | Path, command: str = "") -> Path:
+    """Write the report files into ``directory`` (created), each atomically; returns the
+    markdown's path."""
+    from fine_cli.artifacts import atomic_write
+
+    out = check_directory(directory, result.name)
+    json_path, recall_png, consistency_png, variability_png, path = report_paths(out, result.name)
     summary = summarize(result)
-    (out / f"{name}.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
-    save_png(recall_figure(summary), out / f"{name}-recall.png")
+    text = json.dumps(_json_safe(summary), indent=2) + "\n"
+    atomic_write(json_path, lambda fh: fh.write(text.encode()))
+    save_png(recall_figure(summary), recall_png)
     save_png(
         across_figure(result.consistency, "Jaccard of the top-p% sets across seeds", log=False),
-        out / f"{name}-consistency.png",
+        consistency_png,
     )
     save_png(
         across_figure(result.variability, "mean coefficient of variation across seeds", log=True),
-        out / f"{name}-variability.png",
+        variability_png,
     )
-    path = out / f"{name}.md"
-    path.write_text(markdown(result, summary, command))
+    md = markdown(result, summary, command)
+    atomic_write(path, lambda fh: fh.write(md.encode()))
     return path
 
 
@@ -103,16 +149,19 @@ def charged(method: str, r: SeedRun) -> tuple[float, float]:
 
     proj = [v for k, v in r.features.items() if k.startswith("proj_model")]
     cost = registry.get(method).cost
-    if cost == "both":
+    if cost == "both":  # whatever train-collect trained: main, and auxiliary when needed
         return r.train_s, r.collect_s
+    share = 1.0 / r.models  # the main model's part of train_s and collect_s
     if cost == "main":
-        return r.train_s / 2, r.collect_s / 2
+        return r.train_s * share, r.collect_s * share
     if cost == "main-train":
-        return r.train_s / 2, 0.0
+        return r.train_s * share, 0.0
     if cost == "ensemble":
         return r.train_s + r.train_extra_s, sum(proj)
+    if cost == "crossval":  # its K fold models, trained and predicted; nothing of the main run
+        return r.crossval_s, 0.0
     # main-features
-    return r.train_s / 2, (proj[0] if proj else math.nan) + r.features.get("ggn_s", math.nan)
+    return r.train_s * share, (proj[0] if proj else math.nan) + r.features.get("ggn_s", math.nan)
 
 
 def method_time(method: str, runs: list[SeedRun]) -> dict[str, tuple[float, float]]:
@@ -313,11 +362,14 @@ def _time_section(methods: dict[str, Any]) -> list[str]:
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Training and collection are charged by what a method reads: f-INE both models and "
-        "their signals; TracIn and grad-cos the main model and half of the signals' "
-        "collection; loss and margin the main model only; TRAK the models of its ensemble "
+        "Training and collection are charged by what a method reads: f-INE every model "
+        "train-collect trained for it and their signals (the main model alone for the "
+        "default estimator rb; the auxiliary model too for alg2, auc, std); TracIn and "
+        "grad-cos the main model's share of training and collection; loss and margin the "
+        "main model's training only; TRAK the models of its ensemble "
         "and their projected gradients; influence functions the main model, its projected "
-        "gradients and the Gauss-Newton curvature. One process, one thread.",
+        "gradients and the Gauss-Newton curvature; confident learning its K fold models "
+        "(training and out-of-fold prediction). One process, one thread.",
     ]
     return lines
 

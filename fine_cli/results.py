@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fine_cli.errors import InputFileError
+from fine_cli.errors import InputFileError, echo
 
 # Bump a kind's version whenever its arrays change meaning; readers refuse other versions.
 SCHEMA_VERSIONS = {"signals": 1, "influence": 1, "ranking": 1, "truth": 1}
@@ -58,11 +58,15 @@ def versions() -> dict[str, str]:
 
 
 def make_meta(kind: str, **fields: Any) -> dict[str, Any]:
-    """Metadata of a new result: kind, schema version, package versions, then ``fields``."""
+    """Metadata of a new result: kind, schema version, package versions, the threads and
+    determinism settings in force (:func:`fine_cli.runtime.info`), then ``fields``."""
+    from fine_cli.runtime import info
+
     meta: dict[str, Any] = {
         "kind": kind,
         "schema_version": SCHEMA_VERSIONS[kind],
         "versions": versions(),
+        "runtime": info(),
     }
     meta.update(fields)
     return meta
@@ -86,6 +90,9 @@ class Result:
     kind: ClassVar[str] = ""
     # Arrays every file of this kind holds (more may be present).
     REQUIRED: ClassVar[tuple[str, ...]] = ()
+    # Each known array's dtype kinds (BOOL, INT, FLOAT) and number of dimensions, checked
+    # whenever the array is present: a text flip mask or a 0-d index is refused at load.
+    ARRAYS: ClassVar[dict[str, tuple[str, int]]] = {}
 
     arrays: dict[str, np.ndarray]
     meta: dict[str, Any]
@@ -113,14 +120,17 @@ class Result:
         return f"'{self.source}'" if self.source and self.source != "-" else "standard input"
 
     def validate(self, required: tuple[str, ...] | None = None) -> None:
-        """Refuse, in one sentence, missing arrays; subclasses add shape and value checks."""
-        need = self.REQUIRED if required is None else required
-        missing = [k for k in need if k not in self.arrays]
-        if missing:
-            raise InputFileError(
-                f"{self.kind} {self._where()} lacks the array(s) {', '.join(missing)}; it is "
-                f"damaged or was edited; re-create it with {MADE_BY[self.kind]}."
-            )
+        """Refuse, in one sentence, missing arrays, arrays of the wrong dtype or number of
+        dimensions, and metadata of the wrong type; subclasses add shapes and values."""
+        require_arrays(self, self.REQUIRED if required is None else required)
+        check_meta(self, self.meta, META_TYPES, "")
+        for key, (kinds, ndim) in self.array_spec().items():
+            if key in self.arrays:
+                check_array(self, key, kinds, ndim)
+
+    def array_spec(self) -> dict[str, tuple[str, int]]:
+        """:attr:`ARRAYS`, which a subclass may vary with the mode."""
+        return self.ARRAYS
 
     def _where(self) -> str:
         return f"file '{self.source}'" if self.source not in ("", "-") else "result"
@@ -132,16 +142,153 @@ class Result:
         require_finite(self, keys)
 
 
+def require_arrays(res: Result, keys: tuple[str, ...]) -> None:
+    """Refuse, in one sentence, a result that lacks any of the arrays ``keys``."""
+    missing = [k for k in keys if k not in res.arrays]
+    if missing:
+        raise InputFileError(
+            f"{res.kind} {res._where()} lacks the array(s) {', '.join(missing)}; it is "
+            f"damaged or was edited; re-create it with {MADE_BY[res.kind]}."
+        )
+
+
 def require_finite(res: Result, keys: tuple[str, ...]) -> None:
-    """Refuse NaN/inf in the named float arrays with a sentence naming the array."""
+    """Refuse NaN/inf in the named float arrays with a sentence naming the array.
+
+    NaN is accepted in an array that the metadata declares undefined in places, with the
+    reason (``meta["undefined"][key]``, e.g. standard errors from too few samples)."""
+    undefined = res.meta.get("undefined") or {}
     for k in keys:
         a = res.arrays.get(k)
-        if a is not None and a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-            bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        if a is None or a.dtype.kind not in "fc":
+            continue
+        bad_mask = np.isinf(a) if k in undefined else ~np.isfinite(a)
+        if np.any(bad_mask):
+            bad = int(np.count_nonzero(bad_mask))
+            what = "infinite" if k in undefined else "NaN/inf"
             raise InputFileError(
-                f"{res.kind} array '{k}' holds {bad} NaN/inf value(s) (training diverged?); "
+                f"{res.kind} array '{k}' holds {bad} {what} value(s) (training diverged?); "
                 "lower train.lr or re-run train-collect."
             )
+
+
+# dtype kinds of arrays (numpy's dtype.kind letters).
+BOOL, INT, FLOAT = "b", "iu", "f"
+_KIND_NAMES = {BOOL: "bool", INT: "integer", FLOAT: "float"}
+_DTYPE_WORDS = {"U": "text", "S": "bytes", "O": "objects", "V": "records", "c": "complex"}
+
+
+def check_array(res: Result, key: str, kinds: str, ndim: int) -> None:
+    """Refuse an array whose dtype is not of ``kinds`` or that has not ``ndim`` dimensions."""
+    a = res.arrays[key]
+    if a.dtype.kind not in kinds:
+        got = _DTYPE_WORDS.get(a.dtype.kind, a.dtype.name)
+        raise InputFileError(
+            f"{res.kind} array '{key}' has dtype {a.dtype.str} ({got}), expected "
+            f"{_KIND_NAMES[kinds]}; the file is damaged or was edited; re-create it with "
+            f"{MADE_BY[res.kind]}."
+        )
+    if a.ndim != ndim:
+        raise InputFileError(
+            f"{res.kind} array '{key}' has {a.ndim} dimension(s) (shape {echo(a.shape)}), "
+            f"expected {ndim}; the file is damaged or was edited; re-create it with "
+            f"{MADE_BY[res.kind]}."
+        )
+
+
+def check_groups(res: Result, n: int) -> None:
+    """``group_ptr`` (G+1,) and ``group_members`` (total,): a CSR list of non-empty
+    subsets of positions 0..n-1."""
+    ptr, mem = res.arrays["group_ptr"], res.arrays["group_members"]
+    ok = (
+        ptr.shape[0] >= 2
+        and ptr[0] == 0
+        and ptr[-1] == mem.shape[0]
+        and bool(np.all(np.diff(ptr) > 0))
+        and (mem.size == 0 or (mem.min() >= 0 and mem.max() < n))
+    )
+    if not ok:
+        raise InputFileError(
+            f"{res.kind} groups (group_ptr/group_members) are inconsistent or point outside "
+            f"the {n} training points; the file is damaged; re-create it with "
+            f"{MADE_BY[res.kind]}."
+        )
+
+
+def check_range(res: Result, key: str, low: float, high: float) -> None:
+    """Refuse values of ``key`` outside [low, high] (NaN passes; require_finite sees it)."""
+    a = res.arrays[key]
+    if a.size and (np.any(a < low) or np.any(a > high)):
+        raise InputFileError(
+            f"{res.kind} array '{key}' holds values outside [{low:g}, {high:g}]; the file is "
+            f"damaged or was edited; re-create it with {MADE_BY[res.kind]}."
+        )
+
+
+_NUM = (int, float)
+_OPT_STR = (str, type(None))
+# Types of the metadata fields that stages read (a dict: a mapping, or null, with these
+# fields); fields not listed are not read by any stage and pass as they are.
+META_TYPES: dict[str, Any] = {
+    "versions": {},
+    "runtime": {"threads": int, "interop_threads": int, "deterministic": bool},
+    "config": {},
+    "seeds": {},
+    "mode": _OPT_STR,
+    "method": _OPT_STR,
+    "estimator": _OPT_STR,
+    "dataset": _OPT_STR,
+    "query": (str, int, type(None)),
+    "timing": {"train_s": _NUM, "collect_s": _NUM, "train_extra_s": _NUM},
+    "features": {"timing": {}},
+    "bootstrap": {"draws": int, "block": int},
+    "permutations": {"draws": int, "alternative": str},
+    "undefined": {},
+    "warnings": list,
+    "signals_sha256": _OPT_STR,
+    "influence_sha256": _OPT_STR,
+    "n_models": int,
+    "n_samples": int,
+    "model_seeds": list,
+    "fdr": {},
+}
+
+
+def check_meta(res: Result, meta: dict[str, Any], spec: dict[str, Any], where: str) -> None:
+    """Refuse metadata fields of the wrong type (``spec`` as :data:`META_TYPES`)."""
+    for key, want in spec.items():
+        if key not in meta:
+            continue
+        value, name = meta[key], f"{where}{key}"
+        if isinstance(want, dict):
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                _bad_meta(res, name, value, "a mapping")
+            check_meta(res, value, want, f"{name}.")
+        elif not isinstance(value, want) or (isinstance(value, bool) and bool not in _types(want)):
+            _bad_meta(res, name, value, " or ".join(_TYPE_WORDS[t] for t in _types(want)))
+
+
+_TYPE_WORDS: dict[type, str] = {
+    str: "text",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    list: "a list",
+    type(None): "null",
+}
+
+
+def _types(want: type | tuple[type, ...]) -> tuple[type, ...]:
+    return want if isinstance(want, tuple) else (want,)
+
+
+def _bad_meta(res: Result, name: str, value: Any, expected: str) -> None:
+    raise InputFileError(
+        f"{res.kind} {res._where()} has metadata '{name}' = {echo(value)}, expected "
+        f"{expected}; the file was edited or damaged; re-create it with {MADE_BY[res.kind]}."
+    )
 
 
 def check_shape(res: Result, key: str, shape: tuple[int | None, ...]) -> None:
@@ -178,6 +325,34 @@ class Signals(Result):
         "margin",
     )
     TEST_REQUIRED: ClassVar[tuple[str, ...]] = ("test_index", "test_ip", "test_sqnorm", "gram")
+    ARRAYS: ClassVar[dict[str, tuple[str, int]]] = {
+        "train_index": (INT, 1),
+        "labels": (INT, 1),
+        "clean_labels": (INT, 1),
+        "flip_mask": (BOOL, 1),
+        "checkpoint_epoch": (INT, 1),
+        "lr": (FLOAT, 1),
+        "probe_idx": (INT, 4),
+        "sqnorm": (FLOAT, 3),
+        "ip": (FLOAT, 5),
+        "probe_sqnorm": (FLOAT, 4),
+        "loss": (FLOAT, 3),
+        "margin": (FLOAT, 3),
+        "test_index": (INT, 1),
+        "test_labels": (INT, 1),
+        "test_sqnorm": (FLOAT, 3),
+        "test_ip": (FLOAT, 5),
+        "test_loss": (FLOAT, 3),
+        "test_margin": (FLOAT, 3),
+        "gram": (FLOAT, 4),
+        "group_ptr": (INT, 1),
+        "group_members": (INT, 1),
+        "proj_grad": (FLOAT, 3),
+        "one_minus_p": (FLOAT, 2),
+        "ggn": (FLOAT, 2),
+        "test_proj_grad": (FLOAT, 3),
+        "test_one_minus_p": (FLOAT, 2),
+    }
 
     @property
     def mode(self) -> str:
@@ -196,7 +371,7 @@ class Signals(Result):
         super().validate(required)
         if self.mode not in ("self", "test"):
             raise InputFileError(
-                f"signals {self._where()} has unknown mode {self.meta.get('mode')!r}; "
+                f"signals {self._where()} has unknown mode {echo(self.meta.get('mode'))}; "
                 "re-create it with train-collect."
             )
         if self.mode == "test":
@@ -208,13 +383,26 @@ class Signals(Result):
                 )
         n, c = self.n_train, self.n_checkpoints
         r, b = self["probe_idx"].shape[1], self["probe_idx"].shape[3]
+        if min(n, c, r, b) < 1:
+            raise InputFileError(
+                f"signals {self._where()} is empty ({n} training points, {c} checkpoints, "
+                f"{r} probe pairs of {b} points); re-create it with train-collect."
+            )
         self.check_shape("probe_idx", (c, r, 2, b))
+        # models: main and auxiliary, or the main model alone (collect.auxiliary)
+        mdl = self["sqnorm"].shape[0] if self["sqnorm"].ndim == 3 else 2
+        if mdl not in (1, 2):
+            raise InputFileError(
+                f"signals array 'sqnorm' has {mdl} models, expected 1 (main) or 2 (main and "
+                "auxiliary); the file is inconsistent; re-create it with fine train-collect."
+            )
         for k in ("sqnorm", "loss", "margin"):
-            self.check_shape(k, (2, c, n))
-        self.check_shape("ip", (2, c, r, 2, n))
-        self.check_shape("probe_sqnorm", (2, c, r, 2))
-        for k in ("labels", "flip_mask"):
-            self.check_shape(k, (n,))
+            self.check_shape(k, (mdl, c, n))
+        self.check_shape("ip", (mdl, c, r, 2, n))
+        self.check_shape("probe_sqnorm", (mdl, c, r, 2))
+        for k in ("labels", "flip_mask", "clean_labels"):
+            if k in self:
+                self.check_shape(k, (n,))
         if self["probe_idx"].min(initial=0) < 0 or self["probe_idx"].max(initial=0) >= n:
             raise InputFileError(
                 "signals 'probe_idx' points outside the training set; the file is damaged."
@@ -222,21 +410,17 @@ class Signals(Result):
         self.require_finite(("lr", "sqnorm", "ip", "probe_sqnorm", "loss", "margin"))
         if self.mode == "test":
             m = self["test_index"].shape[0]
-            self.check_shape("gram", (2, c, m, n))
-            self.check_shape("test_ip", (2, c, r, 2, m))
-            self.check_shape("test_sqnorm", (2, c, m))
+            if m < 1:
+                raise InputFileError(
+                    "test-mode signals have no test points; re-create them with train-collect."
+                )
+            self.check_shape("gram", (mdl, c, m, n))
+            self.check_shape("test_ip", (mdl, c, r, 2, m))
+            self.check_shape("test_sqnorm", (mdl, c, m))
             self.require_finite(("test_ip", "test_sqnorm", "gram"))
-            if "group_ptr" in self:
-                ptr, mem = self["group_ptr"], self["group_members"]
-                if (
-                    ptr[0] != 0
-                    or ptr[-1] != mem.shape[0]
-                    or np.any(np.diff(ptr) <= 0)
-                    or (mem.size and (mem.min() < 0 or mem.max() >= n))
-                ):
-                    raise InputFileError(
-                        "signals groups (group_ptr/group_members) are inconsistent."
-                    )
+            if "group_ptr" in self or "group_members" in self:
+                require_arrays(self, ("group_ptr", "group_members"))
+                check_groups(self, n)
 
     def summary(self) -> str:
         return f"{self.n_train} training points, {self.n_checkpoints} checkpoints, mode {self.mode}"
@@ -257,10 +441,53 @@ class Influence(Result):
         "group_ptr",
         "group_members",
     )
+    ARRAYS: ClassVar[dict[str, tuple[str, int]]] = {
+        "scores": (FLOAT, 2),
+        "query_index": (INT, 1),
+        "train_index": (INT, 1),
+        "labels": (INT, 1),
+        "flip_mask": (BOOL, 1),
+        "group_ptr": (INT, 1),
+        "group_members": (INT, 1),
+        "stderr": (FLOAT, 2),
+        "pvalue": (FLOAT, 2),
+    }
 
     @property
     def scores(self) -> np.ndarray:
         return self.arrays["scores"]
+
+    def validate(self, required: tuple[str, ...] | None = None) -> None:
+        """Arrays, shapes and values: scores (q, G) of G subsets of n training points,
+        finite; stderr and pvalue like scores, p-values in [0, 1]."""
+        super().validate(required)
+        a = self.arrays
+        n = a["train_index"].shape[0] if "train_index" in a else None
+        for k in ("labels", "flip_mask"):
+            if k in a and n is not None:
+                self.check_shape(k, (n,))
+        g = None
+        if "group_ptr" in a and "group_members" in a:
+            check_groups(self, n if n is not None else int(np.iinfo(np.int64).max))
+            g = a["group_ptr"].shape[0] - 1
+        if "scores" not in a:
+            return
+        self.check_shape("scores", (None, g))
+        q = a["scores"].shape[0]
+        if a["scores"].size == 0:
+            raise InputFileError(
+                f"influence {self._where()} holds no scores; re-create it with fine estimate."
+            )
+        if "query_index" in a:
+            self.check_shape("query_index", (q,))
+        for k in ("stderr", "pvalue"):
+            if k in a:
+                self.check_shape(k, a["scores"].shape)
+        self.require_finite(("scores", "stderr", "pvalue"))
+        if "pvalue" in a:
+            check_range(self, "pvalue", 0.0, 1.0)
+        if "stderr" in a:
+            check_range(self, "stderr", 0.0, np.inf)
 
     @property
     def method(self) -> str:
@@ -281,6 +508,30 @@ class Ranking(Result):
 
     kind: ClassVar[str] = "ranking"
     REQUIRED: ClassVar[tuple[str, ...]] = ("order", "score", "is_flipped")
+    ARRAYS: ClassVar[dict[str, tuple[str, int]]] = {
+        "order": (INT, 1),
+        "score": (FLOAT, 1),
+        "train_index": (INT, 1),
+        "is_flipped": (BOOL, 1),
+        "label": (INT, 1),
+        "group_size": (INT, 1),
+        "stderr": (FLOAT, 1),
+        "pvalue": (FLOAT, 1),
+        "qvalue": (FLOAT, 1),
+        "pvalue_typical": (FLOAT, 1),
+        "selected": (BOOL, 1),
+    }
+
+    def validate(self, required: tuple[str, ...] | None = None) -> None:
+        """Every array (G,) like ``order``, whose entries are subset positions 0..G-1."""
+        super().validate(required)
+        if "order" not in self:
+            return
+        g = self["order"].shape[0]
+        for k in self.ARRAYS:
+            if k in self:
+                self.check_shape(k, (g,))
+        check_range(self, "order", 0, g - 1)
 
     @property
     def order(self) -> np.ndarray:
@@ -316,10 +567,73 @@ class Truth(Result):
         "train_index",
     )
 
+    ARRAYS: ClassVar[dict[str, tuple[str, int]]] = {
+        "in_mask": (BOOL, 2),
+        "loss": (FLOAT, 2),
+        "confidence": (FLOAT, 2),
+        "mu_true": (FLOAT, 1),
+        "mean_diff": (FLOAT, 1),
+        "mu_lira": (FLOAT, 1),
+        "train_index": (INT, 1),
+        "labels": (INT, 1),
+        "flip_mask": (BOOL, 1),
+    }
+    TEST_ARRAYS: ClassVar[dict[str, tuple[str, int]]] = {
+        "design": (BOOL, 2),
+        "outcome": (FLOAT, 2),
+        "mu_true": (FLOAT, 2),
+        "test_index": (INT, 1),
+        "group_ptr": (INT, 1),
+        "group_members": (INT, 1),
+        "train_index": (INT, 1),
+        "flip_mask": (BOOL, 1),
+    }
+
+    @property
+    def test_mode(self) -> bool:
+        return self.meta.get("mode") == "test"
+
+    def array_spec(self) -> dict[str, tuple[str, int]]:
+        return self.TEST_ARRAYS if self.test_mode else self.ARRAYS
+
     def validate(self, required: tuple[str, ...] | None = None) -> None:
-        if self.meta.get("mode") == "test" and required is None:
+        """Arrays and shapes: self mode (M, n) per model and (n,) per point; test mode
+        design (M, G), outcome (M, m) and mu_true (m, G) of G groups of n points."""
+        if self.test_mode and required is None:
             required = self.TEST_REQUIRED
         super().validate(required)
+        a = self.arrays
+        n = a["train_index"].shape[0] if "train_index" in a else None
+        if "flip_mask" in a and n is not None:
+            self.check_shape("flip_mask", (n,))
+        if self.test_mode:
+            self._validate_test(n)
+            return
+        if "in_mask" not in a:
+            return
+        m, n_in = a["in_mask"].shape
+        if m < 2 or n_in < 1:
+            raise InputFileError(
+                f"truth {self._where()} has {m} model(s) of {n_in} points; re-create it with "
+                f"{MADE_BY['truth']}."
+            )
+        for k in ("loss", "confidence"):
+            if k in a:
+                self.check_shape(k, (m, n_in))
+        for k in ("mu_true", "mean_diff", "mu_lira", "train_index", "labels", "flip_mask"):
+            if k in a:
+                self.check_shape(k, (n_in,))
+        self.require_finite(("loss", "confidence", "mu_true", "mean_diff", "mu_lira"))
+
+    def _validate_test(self, n: int | None) -> None:
+        a = self.arrays
+        check_groups(self, n if n is not None else int(np.iinfo(np.int64).max))
+        g = a["group_ptr"].shape[0] - 1
+        m = a["test_index"].shape[0]
+        self.check_shape("design", (None, g))
+        self.check_shape("outcome", (a["design"].shape[0], m))
+        self.check_shape("mu_true", (m, g))
+        self.require_finite(("outcome", "mu_true"))
 
 
 RESULT_TYPES: dict[str, type[Result]] = {

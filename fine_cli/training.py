@@ -123,18 +123,43 @@ def train_epoch(
     gen: torch.Generator,
     task: Task | None = None,
     augment: AugmentFn | None = None,
+    *,
+    precision: str = "fp32",
+    shard: tuple[int, int] | None = None,
 ) -> None:
     """One pass over ``train_set`` in the batches of :class:`ShuffledBatches` (``gen``),
-    minimising the task's mean loss over each batch."""
+    minimising the task's mean loss over each batch.
+
+    ``precision="bf16"``: the forward pass and the loss under bfloat16 autocast (weights,
+    gradients and optimiser state stay float32). ``shard=(rank, world)``: data-parallel
+    training, ``model`` wrapped in ``DistributedDataParallel``: every rank draws the same
+    global batch (the same ``gen``), augments it whole, and trains on its own contiguous
+    part of it; the loss is the part's sum times ``world / len(batch)``, so that DDP's mean
+    over ranks is the global batch's mean loss, as in one process.
+    """
     task = task if task is not None else ClassificationTask()
     model.train()
+    device_type = next(model.parameters()).device.type
     for xb, yb in loader(train_set, ShuffledBatches(size(train_set), batch, gen)):
         if augment is not None:
             xb = augment(xb, gen)
         opt.zero_grad(set_to_none=False)  # reusing grad buffers: fresh allocations are slow
-        loss = task.loss(model(xb), yb).mean()
-        loss.backward()
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            if shard is None:
+                loss = task.loss(model(xb), yb).mean()
+            else:
+                rank, world = shard
+                lo, hi = part_bounds(xb.shape[0], world)[rank : rank + 2]
+                loss = task.loss(model(xb[lo:hi]), yb[lo:hi]).sum() * (world / xb.shape[0])
+        loss.float().backward()
         opt.step()
+
+
+def part_bounds(n: int, parts: int) -> list[int]:
+    """``parts + 1`` boundaries of ``n`` items cut into contiguous parts whose sizes differ
+    by at most one (the first ones larger), as ``numpy.array_split`` cuts."""
+    q, r = divmod(n, parts)
+    return [i * q + min(i, r) for i in range(parts + 1)]
 
 
 __all__ = [
@@ -145,6 +170,7 @@ __all__ = [
     "derive_seeds",
     "feature_methods",
     "make_optimizer",
+    "part_bounds",
     "resolve_device",
     "train_epoch",
 ]

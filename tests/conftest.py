@@ -22,7 +22,13 @@ TINY = {
     },
     "model": {"arch": "mlp", "hidden": [16]},
     "train": {"epochs": 4, "batch_size": 25, "lr": 0.01, "device": "cpu"},
-    "collect": {"mode": "self", "probe_repeats": 2, "features": {"proj_dim": 16}},
+    # the auxiliary model too (Algorithm 1 whole, for the estimators that read O_hat)
+    "collect": {
+        "mode": "self",
+        "probe_repeats": 2,
+        "features": {"proj_dim": 16},
+        "auxiliary": True,
+    },
     "evaluate": {"p_grid": [0, 10, 20, 30, 50, 100]},
     # every method, so that the tiny signals carry trak / if features too
     "experiment": {"methods": ["fine", "tracin", "grad-cos", "loss", "margin", "trak", "if"]},
@@ -73,14 +79,23 @@ def parts(result: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return result.arrays, result.meta
 
 
+# Methods whose inputs the generic test signals do not carry: they have tests of their own
+# (confident learning's K-fold probabilities: test_confident.py; LESS's Adam-preconditioned
+# LoRA gradients of LLM runs: test_llm.py).
+ONLY_WITH_THEIR_OWN_SIGNALS = {"less"}
+
+
 def _method_fns() -> dict[str, Any]:
-    """name -> fn(view, queries) -> (q, G) of every registered method, in registry order
-    (f-INE with the default estimator, without bootstrap or p-values)."""
+    """name -> fn(view, queries) -> (q, G) of every registered method that scores generic
+    signals, in registry order (f-INE with the default estimator, without bootstrap or
+    p-values)."""
     from fine_cli import registry
     from fine_cli.estimators.fine_method import fine_scores
 
     out: dict[str, Any] = {}
     for name, m in registry.methods().items():
+        if m.crossval or name in ONLY_WITH_THEIR_OWN_SIGNALS:
+            continue
         if m.score is not None:
             out[name] = lambda sig, queries, _m=m: _m.score(sig, queries, None)
         else:

@@ -107,7 +107,8 @@ def test_validate_in_test_mode_prints_lds_and_mu_true_per_method(tmp_path: Path)
     assert "fine/paired" in labels and "tracin" in labels
     assert report["n_groups"] == report["n_train"] // 20 and report["n_test"] == 6
     for m in report["methods"]:
-        assert set(m["mean"]) == {"lds", "spearman_mu", "relative"}
+        assert set(m["mean"]) == {"lds", "spearman_mu", "relative", "cost"}
+        assert m["mean"]["cost"] > 0
     # the saved truth is reused without retraining
     again = CliRunner().invoke(app, ["validate", str(cfg), "--truth", str(truth), "-q"])
     assert again.exit_code == 0 and "LDS" in again.output

@@ -114,6 +114,10 @@ def _signals_from_gradients(
         proj_grad=g[:, -1],
         one_minus_p=np.full((g.shape[0], g.shape[2]), 0.5),
         ggn=g[0, -1].T @ g[0, -1] / g.shape[2],
+        # rb's moments: sum over each probe batch of squared main-model inner products
+        ip2=(
+            np.einsum("cnd,crkjd->crknj", g[0], g[0][np.arange(c)[:, None, None, None], probe]) ** 2
+        ).sum(-1),
     )
     if tg is not None:
         sig.test_ip = np.einsum("mcqd,mcrkd->mcrkq", tg, sums)

@@ -84,7 +84,7 @@ def test_validate_recovers_a_planted_influential_point(tmp_path: Path) -> None:
     assert mu[flip][0] == pytest.approx(report["truth"]["mu_true_cap"])  # fully separated
     assert np.mean(mu >= mu[flip][0] - 1e-9) < 0.1  # at the very top of the truth
     rows = {m["label"]: m for m in report["methods"]}
-    assert set(rows) == {"fine/alg2", "fine/auc", "fine/std", "fine/paired", "tracin"}
+    assert set(rows) == {"fine/alg2", "fine/auc", "fine/std", "fine/paired", "fine/rb", "tracin"}
     assert rows["fine/paired"]["mean"]["auroc"] > 0.95  # f-INE finds the planted point too
     assert all(len(m["spearman_mu"]) == 2 and m["jaccard"] is not None for m in rows.values())
 

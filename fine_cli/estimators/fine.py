@@ -161,6 +161,23 @@ def influence_paired(x: np.ndarray, y: np.ndarray, r: int = 1) -> np.ndarray:
     return np.sqrt(2.0) * _safe_ratio(d.mean(axis=1), d.std(axis=1, ddof=1), ref)
 
 
+def influence_rb(m: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(P,) ``paired`` in the limit of infinitely many probe pairs per checkpoint, from the
+    per-checkpoint conditional mean ``m`` (P, C) and variance ``v`` (P, C) of D_c
+    (:func:`fine_cli.estimators.samples.self_moments`): mean(D) tends to mean_c m_c and the
+    pooled variance of D to mean_c v_c + var_c m_c, so
+
+        rb = sqrt(2) * mean_c m_c / sqrt(mean_c v_c + var_c m_c).
+
+    Rao-Blackwellised: the random probe batches are integrated out given the checkpoint,
+    so one probe pair (whose points estimate the moments) gives the many-pair score.
+    """
+    mean = m.mean(axis=1)
+    scale = np.sqrt(np.maximum(v.mean(axis=1) + m.var(axis=1), 0.0))
+    ref = np.abs(m).max(axis=1)
+    return np.sqrt(2.0) * _safe_ratio(mean, scale, ref)
+
+
 EstimatorFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 
 
@@ -177,9 +194,15 @@ ESTIMATOR_FNS: dict[str, EstimatorFn] = {
     "std": influence_std,
     "paired": influence_paired,
 }
+# Estimators that read O_hat (X and Y apart), so need the auxiliary model; paired reads
+# D = X - Y, where O_hat cancels, and rb the main model's moments.
+NEEDS_AUX = frozenset({"alg2", "auc", "std"})
+# Estimators computed from per-checkpoint moments instead of samples (not in ESTIMATOR_FNS).
+MOMENT_ESTIMATORS = frozenset({"rb"})
 ESTIMATOR_DESCRIPTIONS = {
     "alg2": "Algorithm 2: the largest |mu_t| over thresholds (the paper's; biased away from 0)",
     "auc": "sqrt(2) * Phi^-1(P(X > Y)): unbiased under G_mu, rank-based",
     "std": "(mean X - mean Y) / pooled sd",
     "paired": "sqrt(2) * mean(D) / sd(D), D = X - Y = O - O' per probe pair",
+    "rb": "paired's many-probe-pair limit from each checkpoint's moments (Rao-Blackwellised)",
 }

@@ -8,10 +8,24 @@ from typing import Any
 
 import numpy as np
 
+from fine_cli.config import ESTIMATORS
+from fine_cli.errors import InputFileError
 from fine_cli.estimators import null
-from fine_cli.estimators.fine import ESTIMATOR_FNS, clip_bounds
+from fine_cli.estimators.fine import (
+    ESTIMATOR_FNS,
+    MOMENT_ESTIMATORS,
+    NEEDS_AUX,
+    clip_bounds,
+    influence_rb,
+)
 from fine_cli.estimators.options import EstimateOptions
-from fine_cli.estimators.samples import SignalView, query_samples, self_samples
+from fine_cli.estimators.samples import (
+    SignalView,
+    query_moments,
+    query_samples,
+    self_moments,
+    self_samples,
+)
 from fine_cli.registry import Method, register
 
 # Queries per pass in test mode: bounds the (q, G, C*R) sample arrays.
@@ -30,10 +44,88 @@ def sample_blocks(sig: SignalView) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         yield x.reshape(q * g, n), y.reshape(q * g, n)
 
 
+def moment_blocks(sig: SignalView) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """m, v (P, C) blocks in score order, as :func:`sample_blocks` (estimator rb)."""
+    if sig.mode == "self":
+        yield self_moments(sig)
+        return
+    for start in range(0, sig.n_queries, QUERY_CHUNK):
+        m, v = query_moments(sig, slice(start, start + QUERY_CHUNK))
+        q, g, c = m.shape
+        yield m.reshape(q * g, c), v.reshape(q * g, c)
+
+
+def check_estimator(sig: SignalView, estimator: str) -> None:
+    """Refuse, with the fix, an estimator that these signals cannot feed."""
+    if estimator in NEEDS_AUX and not sig.has_aux:
+        raise InputFileError(
+            f"estimator '{estimator}' reads O_hat, the auxiliary model's signals, which were "
+            "not collected (the auxiliary model is trained only when the estimator needs it); "
+            "re-run train-collect with collect.auxiliary=true, or use --estimator rb or paired."
+        )
+
+
+def available_estimators(sig: SignalView) -> list[str]:
+    """The f-INE estimators that ``sig`` can feed (fine validate scores them all)."""
+    out = []
+    for name in ESTIMATORS:
+        if name in NEEDS_AUX and not sig.has_aux:
+            continue
+        if name in MOMENT_ESTIMATORS and sig.mode == "self" and sig.ip2 is None:
+            continue
+        out.append(name)
+    return out
+
+
+def _rb_statistics(sig: SignalView, opts: EstimateOptions) -> dict[str, np.ndarray]:
+    """rb scores; its stderr by the block bootstrap of whole checkpoints (m_c, v_c kept
+    together); its p-values are paired's exact sign-flip test of the contrasts D (rb's
+    moments do not change when X_j and Y_j swap, so the test of "S has no effect" is the
+    one on D itself)."""
+    c = sig.n_checkpoints
+    boot_rng, perm_rng = (
+        np.random.default_rng([stream, opts.seed & 0xFFFFFFFF]) for stream in (1, 2)
+    )
+    cols = null.bootstrap_columns(c, 1, opts.bootstrap, boot_rng) if opts.bootstrap else None
+    parts: dict[str, list[np.ndarray]] = {"scores": [], "stderr": [], "pvalue": []}
+    for m, v in moment_blocks(sig):
+        parts["scores"].append(influence_rb(m, v))
+        if cols is not None:
+            parts["stderr"].append(_rb_bootstrap_se(m, v, cols))
+    if opts.permutations:
+        swaps = null.swap_masks(sig.n_samples, opts.permutations, perm_rng)
+        paired = ESTIMATOR_FNS["paired"]
+        for x, y in sample_blocks(sig):
+            draws = null.permutation_null(x, y, paired, sig.n_repeats, swaps)
+            obs = paired(x, y, sig.n_repeats)
+            parts["pvalue"].append(null.permutation_pvalues(obs, draws, opts.alternative))
+    q = 1 if sig.mode == "self" else sig.n_queries
+    return {k: np.concatenate(v).reshape(q, -1) for k, v in parts.items() if v}
+
+
+def _rb_bootstrap_se(m: np.ndarray, v: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(P,) sd over the draws ``cols`` (B, C) of checkpoints of rb's score; nan with fewer
+    than null.MIN_SE_CHECKPOINTS checkpoints (2 give 3 distinct draws)."""
+    if m.shape[1] < null.MIN_SE_CHECKPOINTS:
+        return np.full(m.shape[0], np.nan)
+    n_boot = cols.shape[0]
+    step = max(1, null.CHUNK_ELEMS // max(1, n_boot * m.shape[1]))
+    out = []
+    for s in range(0, m.shape[0], step):
+        mb, vb = m[s : s + step][:, cols], v[s : s + step][:, cols]  # (p, B, C)
+        p = mb.shape[0]
+        draws = influence_rb(mb.reshape(p * n_boot, -1), vb.reshape(p * n_boot, -1))
+        out.append(draws.reshape(p, n_boot).std(axis=1, ddof=1))
+    return np.concatenate(out)
+
+
 def fine_statistics(sig: SignalView, opts: EstimateOptions | None = None) -> dict[str, np.ndarray]:
     """f-INE ``scores`` (q, G) by ``opts.estimator``, plus ``stderr`` and ``pvalue`` (q, G)
     when bootstrap / permutations are asked for."""
     opts = opts or EstimateOptions()
+    check_estimator(sig, opts.estimator)
+    if opts.estimator in MOMENT_ESTIMATORS:
+        return _rb_statistics(sig, opts)
     fn = ESTIMATOR_FNS[opts.estimator]
     r, c = sig.n_repeats, sig.n_checkpoints
     boot_rng, perm_rng = (
@@ -64,6 +156,8 @@ def fine_meta(sig: SignalView, opts: EstimateOptions) -> dict[str, Any]:
         out["bootstrap"] = {"draws": opts.bootstrap, "block": null.block_length(sig.n_checkpoints)}
     if opts.permutations:
         out["permutations"] = {"draws": opts.permutations, "alternative": opts.alternative}
+        if opts.estimator in MOMENT_ESTIMATORS:
+            out["permutations"]["statistic"] = "paired"  # rb's p-values: paired's test of D
     return out
 
 
@@ -72,6 +166,13 @@ def fine_scores(sig: SignalView, queries: slice | None = None, estimator: str = 
     opts = EstimateOptions(bootstrap=0, permutations=0)
     if estimator:
         opts.estimator = estimator
+    check_estimator(sig, opts.estimator)
+    if opts.estimator in MOMENT_ESTIMATORS:
+        if sig.mode == "self":
+            return influence_rb(*self_moments(sig))[None, :]
+        m, v = query_moments(sig, queries)
+        q, g, c = m.shape
+        return influence_rb(m.reshape(q * g, c), v.reshape(q * g, c)).reshape(q, g)
     fn = ESTIMATOR_FNS[opts.estimator]
     if sig.mode == "self":
         x, y = self_samples(sig)

@@ -3,7 +3,11 @@
 - Standard error: a circular block bootstrap over checkpoints. Consecutive checkpoints
   are correlated (the model changes slowly), so whole blocks of ``L`` checkpoints are
   resampled, with their R probe pairs and the X/Y pairing intact; the same resampled
-  index sets serve every subset.
+  index sets serve every subset. It is undefined (nan) with fewer than
+  ``MIN_SE_SAMPLES`` samples per distribution, and for a subset whose scale collapses
+  (``std``, ``paired``: its samples, or a draw of them, do not vary beyond float
+  rounding), where the standardised score would divide by nothing and report 1e11;
+  :func:`stderr_reason` says why.
 - Permutation null: within every probe pair, the with-S sample X_j and the without-S
   sample Y_j swap places with probability 1/2 ("S had no effect" makes the two labels
   interchangeable). The same K swap patterns serve every subset. For a statistic of
@@ -34,6 +38,16 @@ from fine_cli.estimators.fine import (
 
 # Row x draw x sample elements evaluated at once: bounds the float64 work arrays.
 CHUNK_ELEMS = 4_000_000
+# Fewest samples per distribution (N = C*R) for a bootstrap standard error: with fewer,
+# the draws repeat a handful of values (2 samples: 3 distinct draws), half of them with no
+# spread at all, and their standard deviation means nothing.
+MIN_SE_SAMPLES = 10
+# Fewest checkpoints for a standard error of an estimator that resamples whole checkpoints
+# (rb): 2 checkpoints give 3 distinct draws.
+MIN_SE_CHECKPOINTS = 3
+# A scale below this fraction of the samples' magnitude has collapsed: signals are
+# float32 (7 significant digits), so such a spread is rounding, not variation.
+COLLAPSE_REL = 1e-6
 
 
 def block_length(n_checkpoints: int) -> int:
@@ -61,18 +75,26 @@ def bootstrap_se(
     x: np.ndarray, y: np.ndarray, fn: EstimatorFn, r: int, columns: np.ndarray
 ) -> np.ndarray:
     """(P,) bootstrap standard error of ``fn`` for samples x, y (P, N): the sd (ddof 1) of
-    the estimate over the draws ``columns`` (B, N) of :func:`bootstrap_columns`.
+    the estimate over the draws ``columns`` (B, N) of :func:`bootstrap_columns`; nan for
+    every row when N < MIN_SE_SAMPLES, and for rows whose scale collapses (module text).
 
     ``std`` and ``paired`` are functions of sums and sums of squares, so their draws are
     matrix products with the draws' column counts (:func:`_moment_draws`)."""
     p, n = x.shape
     n_boot = columns.shape[0]
+    if n < MIN_SE_SAMPLES:
+        return np.full(p, np.nan)
     if fn in _MOMENT_FORMS:
-        counts = np.zeros(columns.shape, dtype=np.float64)  # (B, N) times column j is drawn
+        counts = np.zeros((n_boot + 1, n), dtype=np.float64)  # (B+1, N) times j is drawn
         np.add.at(counts, (np.arange(n_boot)[:, None], columns), 1.0)
+        counts[-1] = 1.0  # and the observed samples, as they are
         zeros = np.zeros_like(counts)
-        draws = _by_rows(x, y, n_boot, lambda a, b: _moment_draws(fn, a, b, counts, zeros))
-        return draws.std(axis=1, ddof=1)
+        draws = _by_rows(
+            x, y, n_boot + 1, lambda a, b: _moment_draws(fn, a, b, counts, zeros, collapse=True)
+        )
+        se = draws[:, :-1].std(axis=1, ddof=1)
+        se[np.isnan(draws).any(axis=1)] = np.nan
+        return se
     out = np.empty(p, dtype=np.float64)
     step = _rows_per_chunk(n_boot, n)
     for start in range(0, p, step):
@@ -117,11 +139,13 @@ def _moment_draws(
     w_own: np.ndarray,
     w_other: np.ndarray,
     swap_only: bool = False,
+    collapse: bool = False,
 ) -> np.ndarray:
     """(P, K) ``std`` or ``paired`` of K reweighted samples, from sums alone: draw k takes
     w_own[k, j] copies of (X_j, Y_j) as they are and w_other[k, j] copies swapped; both
     (K, N), each draw of N samples in all. Equals ``fn`` on the explicit draws.
-    ``swap_only``: every pair is kept once, as it is or swapped (w_own + w_other = 1)."""
+    ``swap_only``: every pair is kept once, as it is or swapped (w_own + w_other = 1).
+    ``collapse``: nan for a draw whose scale is below COLLAPSE_REL of the magnitude."""
     n = x.shape[1]
     if fn is influence_paired:
         d = x - y
@@ -130,7 +154,8 @@ def _moment_draws(
         s2 = (d * d).sum(axis=1, keepdims=True) if swap_only else (d * d) @ (w_own + w_other).T
         ref = np.abs(d).max(axis=1, keepdims=True)
         sd = np.sqrt(np.maximum(s2 - s1 * s1 / n, 0.0) / (n - 1))
-        return np.sqrt(2.0) * (s1 / n) / np.maximum(sd, SCALE_REL * ref + SCALE_TINY)
+        out = np.sqrt(2.0) * (s1 / n) / np.maximum(sd, SCALE_REL * ref + SCALE_TINY)
+        return np.where(sd < COLLAPSE_REL * ref, np.nan, out) if collapse else out
     sx = x @ w_own.T + y @ w_other.T  # (P, K) sums of the X side
     sy = y @ w_own.T + x @ w_other.T
     sxx = (x * x) @ w_own.T + (y * y) @ w_other.T
@@ -139,7 +164,32 @@ def _moment_draws(
     var_y = np.maximum(syy - sy * sy / n, 0.0) / (n - 1)
     ref = np.maximum(np.abs(x).max(axis=1), np.abs(y).max(axis=1))[:, None]
     pooled = np.sqrt((var_x + var_y) / 2.0)
-    return ((sx - sy) / n) / np.maximum(pooled, SCALE_REL * ref + SCALE_TINY)
+    out = ((sx - sy) / n) / np.maximum(pooled, SCALE_REL * ref + SCALE_TINY)
+    return np.where(pooled < COLLAPSE_REL * ref, np.nan, out) if collapse else out
+
+
+def stderr_reason(n_samples: int, undefined: int, total: int, n_checkpoints: int = 0) -> str:
+    """Why ``undefined`` of ``total`` standard errors are nan (see :func:`bootstrap_se`),
+    with the fix; ``n_checkpoints`` for an estimator that resamples whole checkpoints."""
+    more = (
+        "collect more checkpoints (train.epochs, collect.checkpoints) or probe pairs "
+        "(collect.probe_repeats)"
+    )
+    if 0 < n_checkpoints < MIN_SE_CHECKPOINTS:
+        return (
+            f"only {n_checkpoints} checkpoint(s), and a standard error that resamples whole "
+            f"checkpoints needs at least {MIN_SE_CHECKPOINTS}; collect more checkpoints "
+            "(train.epochs, collect.checkpoints)"
+        )
+    if n_samples < MIN_SE_SAMPLES:
+        return (
+            f"only {n_samples} samples per distribution (checkpoints x probe pairs), and a "
+            f"standard error needs at least {MIN_SE_SAMPLES}; {more}"
+        )
+    return (
+        f"the samples' scale collapses (no variation beyond float rounding, in the samples "
+        f"or in a bootstrap draw of them) for {undefined} of {total} subsets; {more}"
+    )
 
 
 def _by_rows(

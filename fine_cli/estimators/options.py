@@ -16,7 +16,8 @@ class EstimateOptions:
     """How f-INE turns samples into scores, and the extras stored beside them."""
 
     estimator: str = _DEFAULTS.estimator  # a name of config.ESTIMATORS
-    checkpoints: int | None = _DEFAULTS.checkpoints  # first K checkpoints only (every method)
+    # first K checkpoints only (every method); "auto": up to the held-out loss minimum
+    checkpoints: int | str | None = _DEFAULTS.checkpoints
     bootstrap: int = _DEFAULTS.bootstrap  # block-bootstrap draws for stderr; 0 = none
     permutations: int = _DEFAULTS.permutations  # swap patterns for p-values; 0 = none
     alternative: str = _DEFAULTS.alternative  # two-sided, greater or less
@@ -35,18 +36,25 @@ class EstimateOptions:
 
     def check(self, n_checkpoints: int) -> None:
         """ConfigError, naming the option and the fix, for a value that cannot be used."""
-        from fine_cli.estimators.fine import ESTIMATOR_FNS
+        from fine_cli.config import ESTIMATORS
 
-        if self.estimator not in ESTIMATOR_FNS:
+        if self.estimator not in ESTIMATORS:
             raise ConfigError(
-                f"unknown estimator '{self.estimator}'; choose one of {', '.join(ESTIMATOR_FNS)}."
+                f"unknown estimator '{self.estimator}'; choose one of {', '.join(ESTIMATORS)}."
             )
         if self.alternative not in ALTERNATIVES:
             raise ConfigError(
                 f"unknown alternative '{self.alternative}'; choose one of "
                 f"{', '.join(ALTERNATIVES)}."
             )
-        if self.checkpoints is not None and not 1 <= self.checkpoints <= n_checkpoints:
+        if self.checkpoints == "auto":
+            pass
+        elif isinstance(self.checkpoints, str):
+            raise ConfigError(
+                f"checkpoints is '{self.checkpoints}'; give a positive integer K, auto or "
+                "None (all)."
+            )
+        elif self.checkpoints is not None and not 1 <= self.checkpoints <= n_checkpoints:
             raise ConfigError(
                 f"checkpoints is {self.checkpoints} but the signals hold {n_checkpoints}; "
                 f"use 1..{n_checkpoints}, or leave it unset for all."

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
+from fine_cli.errors import InputFileError
+
 MAIN, AUX = 0, 1
 B, B_PRIME = 0, 1
 
@@ -43,10 +45,32 @@ class SignalView:
     ggn: np.ndarray | None = None  # (k, k) main model's Gauss-Newton curvature, sketched
     test_proj_grad: np.ndarray | None = None  # (E, m, k)
     test_one_minus_p: np.ndarray | None = None  # (E, m)
+    labels: np.ndarray | None = None  # (n,) observed training labels
+    # Out-of-fold predicted probabilities (confident; fine_cli/crossval.py), K classes:
+    oof_probs: np.ndarray | None = None  # (n, K)
+    # Per checkpoint, with collect.heldout / collect.moments (rb, --checkpoints auto):
+    heldout_loss: np.ndarray | None = None  # (C,) main model's mean loss on held-out points
+    ip2: np.ndarray | None = None  # (C, R, 2, n) main model: sum_{j in batch} <g, g_j>^2
+    # LESS (estimators/less.py), main model, m' test prompts grouped into the queries:
+    less_gram: np.ndarray | None = None  # (C, m', n) <g(q'), Gamma(z)>, Gamma: Adam-preconditioned
+    less_sqnorm: np.ndarray | None = None  # (C, n) ||Gamma(z)||^2
+    less_test_sqnorm: np.ndarray | None = None  # (C, m') ||g(q')||^2
+    less_query: np.ndarray | None = None  # (m',) the query each test prompt belongs to
 
     @property
     def n_train(self) -> int:
         return int(self.sqnorm.shape[-1])
+
+    @property
+    def population(self) -> int:
+        """n of the whole training set, which the probe batches are drawn from; a view of
+        a slice of the points (fine_cli/stages/estimate_stream.py) has more than n_train."""
+        return self.n_train
+
+    @property
+    def has_aux(self) -> bool:
+        """Whether the auxiliary model was trained (M = 2); without it O_hat is not known."""
+        return int(self.sqnorm.shape[0]) > AUX
 
     @property
     def n_checkpoints(self) -> int:
@@ -98,11 +122,83 @@ def self_samples(sig: SignalView) -> tuple[np.ndarray, np.ndarray]:
         return (ip[m, :, :, B] - k_b * sq[m] + sq[m]) / (b - k_b + 1.0)
 
     o = with_s(MAIN)
-    o_hat = with_s(AUX)
+    # without the auxiliary model X = O and Y = O': only D = X - Y (paired) is meaningful
+    o_hat = with_s(AUX) if sig.has_aux else 0.0
     o_prime = (ip[MAIN, :, :, B_PRIME] - k_bp * sq[MAIN]) / np.maximum(b - k_bp, 1.0)
     x = (o - o_hat).reshape(-1, sig.n_train).T  # (n, C*R)
     y = (o_prime - o_hat).reshape(-1, sig.n_train).T
     return x, y
+
+
+def _finite_population(n_pool: np.ndarray | float, b: float) -> np.ndarray | float:
+    """(N - b) / (N - 1): the variance factor of a sum of b draws without replacement."""
+    return np.maximum(n_pool - b, 0.0) / np.maximum(n_pool - 1.0, 1.0)
+
+
+def self_moments(sig: SignalView) -> tuple[np.ndarray, np.ndarray]:
+    """Self mode: the mean m and variance v of D_c = O_c - O'_c over the random probe
+    batches, given checkpoint c, each (n, C) float64 (docs/statistics.md, section 3b).
+
+    With s = ||g(z)||^2 and, over the other points j, mu1 = mean <g(z), g(z_j)> and
+    sigma2 = var <g(z), g(z_j)>, for B and B' drawn from the data without z:
+
+        m = (s - mu1) / (b + 1)
+        v = sigma2 * f * (b / (b + 1)^2 + 1 / b),    f = (N - b) / (N - 1), N = n - 1
+
+    mu1 and sigma2 come from the probe batches' points themselves (their inner products
+    ``ip`` and squared inner products ``ip2`` with g(z), z's own terms removed), so one
+    probe pair gives them; the auxiliary model is not used.
+    """
+    if sig.ip2 is None:
+        raise InputFileError(
+            "estimator 'rb' needs the probe batches' second moments (array 'ip2'), which "
+            "these signals lack; re-run train-collect with collect.moments=true (the default "
+            "when estimate.estimator is rb), or use --estimator paired."
+        )
+    b = float(sig.probe_idx.shape[-1])
+    n_pool = float(sig.population - 1)
+    k = sig.probe_counts()  # (C, R, 2, n) z's own appearances in each probe batch
+    s = sig.sqnorm[MAIN].astype(np.float64)  # (C, n)
+    others = b * 2 * sig.n_repeats - k.sum(axis=(1, 2))  # (C, n) points j != z drawn
+    sum1 = (sig.ip[MAIN].astype(np.float64) - k * s[:, None, None]).sum(axis=(1, 2))
+    sum2 = (sig.ip2.astype(np.float64) - k * (s**2)[:, None, None]).sum(axis=(1, 2))
+    mu1 = sum1 / np.maximum(others, 1.0)
+    var1 = np.maximum(sum2 / np.maximum(others, 1.0) - mu1**2, 0.0)
+    m = (s - mu1) / (b + 1.0)
+    v = var1 * _finite_population(n_pool, b) * (b / (b + 1.0) ** 2 + 1.0 / b)
+    return m.T, v.T
+
+
+def query_moments(sig: SignalView, queries: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Test mode: m and v of D_c for every (query, subset) pair, each (q, G, C) float64.
+
+    As in self mode, with a_j = <g(q), g(z_j)>, A_S = sum_{j in S} a_j and s_S = |S|:
+
+        m = (A_S - s_S mu) / (b + s_S)
+        v = sigma2 * f * (b / (b + s_S)^2 + 1 / b),    f = (N - b) / (N - 1), N = n - s_S
+
+    with mu and sigma2 the mean and variance of a_j over the probe batches' points outside
+    S (read from the Gram block), so that self mode is the diagonal of test mode.
+    """
+    assert sig.gram is not None
+    b = float(sig.probe_idx.shape[-1])
+    ptr, members = sig.groups()
+    mem = membership(ptr, members, sig.n_train)  # (n, G)
+    size = np.diff(ptr).astype(np.float64)  # (G,)
+    k = sig.probe_counts().sum(axis=(1, 2))  # (C, n) draws of each point over all batches
+    a = sig.gram[MAIN][:, queries or slice(None)].astype(np.float64)  # (C, q, n)
+    a_s = _times(a, mem)  # (C, q, G) A_S
+    ka, ka2 = k[:, None, :] * a, k[:, None, :] * a * a  # (C, q, n)
+    # sums over the probe points outside S: all probe points minus S's members among them
+    sum1 = ka.sum(axis=-1, keepdims=True) - _times(ka, mem)
+    sum2 = ka2.sum(axis=-1, keepdims=True) - _times(ka2, mem)
+    count = k.sum(axis=-1)[:, None, None] - _times(k[:, None, :], mem)  # (C, 1, G)
+    mu = sum1 / np.maximum(count, 1.0)
+    var = np.maximum(sum2 / np.maximum(count, 1.0) - mu**2, 0.0)
+    n_pool = sig.n_train - size  # (G,)
+    m = (a_s - size * mu) / (b + size)
+    v = var * _finite_population(n_pool, b) * (b / (b + size) ** 2 + 1.0 / b)
+    return m.transpose(1, 2, 0), v.transpose(1, 2, 0)
 
 
 def membership(ptr: np.ndarray, members: np.ndarray, n: int) -> sparse.csr_matrix:
@@ -142,7 +238,7 @@ def query_samples(sig: SignalView, queries: slice | None = None) -> tuple[np.nda
         return num / den
 
     o = with_s(MAIN)
-    o_hat = with_s(AUX)
+    o_hat = with_s(AUX) if sig.has_aux else 0.0
     num_p = tip[MAIN, :, :, B_PRIME, :, None] - s_in[MAIN, :, :, B_PRIME]
     # |B' \ S| = 0 only when S swallows a whole probe batch; the sum is then empty (0).
     o_prime = num_p / np.maximum(b - k_s[:, :, B_PRIME, None, :], 1.0)
@@ -185,7 +281,34 @@ def first_checkpoints(sig: SignalView, k: int) -> SignalView:
         ggn=sig.ggn,
         test_proj_grad=sig.test_proj_grad,
         test_one_minus_p=sig.test_one_minus_p,
+        labels=sig.labels,
+        oof_probs=sig.oof_probs,  # cross-validation has no checkpoint axis either
+        heldout_loss=cut(sig.heldout_loss, 0),
+        ip2=cut(sig.ip2, 0),
+        less_gram=cut(sig.less_gram, 0),
+        less_sqnorm=cut(sig.less_sqnorm, 0),
+        less_test_sqnorm=cut(sig.less_test_sqnorm, 0),
+        less_query=sig.less_query,
     )
+
+
+def auto_window(heldout_loss: np.ndarray) -> int:
+    """K of ``--checkpoints auto``: the checkpoints up to the (first) minimum of the main
+    model's held-out loss (C,). Past it the model fits the training labels at the expense
+    of held-out points, memorising the flipped ones, and the late checkpoints add more
+    noise than signal to every method (docs/statistics.md, section 3c); a user can see it
+    without knowing which labels are wrong."""
+    return int(np.argmin(heldout_loss)) + 1
+
+
+def resolve_window(sig: SignalView, checkpoints: int | str | None) -> int | None:
+    """The first-K cut of ``checkpoints`` (an int, "auto" or None = all) on ``sig``; auto
+    falls back to all checkpoints when the signals did not record the held-out loss."""
+    if checkpoints == "auto":
+        return None if sig.heldout_loss is None else auto_window(sig.heldout_loss)
+    if isinstance(checkpoints, str):
+        raise ValueError(f"checkpoints must be an int, 'auto' or None, got {checkpoints!r}")
+    return checkpoints
 
 
 def self_null_samples(sig: SignalView) -> tuple[np.ndarray, np.ndarray]:
@@ -204,7 +327,7 @@ def self_null_samples(sig: SignalView) -> tuple[np.ndarray, np.ndarray]:
         k_side = k[:, :, side]
         return (ip[m, :, :, side] - k_side * sq[m]) / np.maximum(b - k_side, 1.0)
 
-    o_hat = without_s(AUX, B)
+    o_hat = without_s(AUX, B) if sig.has_aux else 0.0
     x = (without_s(MAIN, B) - o_hat).reshape(-1, sig.n_train).T  # (n, C*R)
     y = (without_s(MAIN, B_PRIME) - o_hat).reshape(-1, sig.n_train).T
     return x, y

@@ -17,6 +17,6 @@ Assumes samples do not interact in eval mode (true for the layers above; BatchNo
 running statistics is refused).
 """
 
-from fine_cli.grads.engine import GradEngine, PerSample
+from fine_cli.grads.engine import GradEngine, Materialised, PerSample, UnitGrads
 
-__all__ = ["GradEngine", "PerSample"]
+__all__ = ["GradEngine", "Materialised", "PerSample", "UnitGrads"]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fine_cli.grads import layers
-from fine_cli.grads.factors import Factor, MaterialFactor, OuterFactor
+from fine_cli.grads.factors import EmbeddingFactor, Factor, MaterialFactor, OuterFactor
 from fine_cli.grads.fallback import Fallback
 from fine_cli.tasks import ClassificationTask, Task
 
@@ -188,6 +188,20 @@ class GradEngine:
         with self._eval():
             self._size(x)
             return self._retrying(lambda: self._project(x, y, Sketcher(k, seed)))
+
+    def materialise(self, x: Tensor, y: Tensor) -> Materialised:
+        """Loss, margin and the per-sample gradients of every unit, built as ``(n, D_u)``
+        matrices, for maps of ``g(z)`` that the factored formulas cannot carry (LESS's
+        elementwise Adam preconditioning). One capture of the ``n`` points (no chunking:
+        pass a chunk); :meth:`Materialised.units` builds one unit at a time, so that only
+        one ``(n, D_u)`` block need exist at once.
+        """
+        x, y = self._inputs(x, y, "x", "y")
+        with self._eval():
+            cap = self._retrying(lambda: self._capture(x, y))
+        pairs = zip(self._all_units(), cap.factors, strict=True)
+        units = [(self._unit_key(j), u, f) for j, (u, f) in enumerate(pairs)]
+        return Materialised(cap.loss.float(), cap.margin.float(), units)
 
     # ---- planning ---------------------------------------------------------------------
 
@@ -440,6 +454,64 @@ class GradEngine:
         return out
 
 
+@dataclass
+class UnitGrads:
+    """One unit's per-sample gradients, built: ``grads`` ``(n, D_u)``, columns laid out as
+    ``factor`` lays out a parameter-space vector (:meth:`layout`)."""
+
+    key: str  # the unit's stable name; project()'s sketch hashes use it
+    factor: Factor
+    grads: Tensor  # (n, D_u) in the parameters' dtype
+    _unit: _Unit
+
+    def layout(self, vector: Sequence[Tensor]) -> Tensor:
+        """``(D_u,)``: this unit's part of ``vector`` (one tensor per trainable parameter,
+        as :meth:`GradEngine.batch_grad_sum` returns) in the order of ``grads``' columns."""
+        return self.factor.vector(_named(self._unit, list(vector))).reshape(-1)
+
+
+class Materialised:
+    """What :meth:`GradEngine.materialise` returns: ``loss`` and ``margin`` ``(n,)``, and
+    :meth:`units`, which builds each unit's :class:`UnitGrads` in turn."""
+
+    def __init__(
+        self, loss: Tensor, margin: Tensor, units: list[tuple[str, _Unit, Factor | None]]
+    ) -> None:
+        self.loss = loss
+        self.margin = margin
+        self._units = {key: (unit, f) for key, unit, f in units}
+
+    def units(self) -> Iterator[UnitGrads]:
+        """Every unit whose output reaches the loss (a unit that does not has zero
+        gradients and is skipped)."""
+        for key in self._units:
+            built = self.unit(key)
+            if built is not None:
+                yield built
+
+    def keys(self) -> list[str]:
+        """Keys of the units with non-zero gradients, in the engine's unit order."""
+        return [key for key, (_, f) in self._units.items() if f is not None]
+
+    def unit(self, key: str) -> UnitGrads | None:
+        """The unit called ``key`` built, or None when its gradients are zero."""
+        unit, f = self._units[key]
+        return None if f is None else UnitGrads(key, f, _dense(f), unit)
+
+
+def _dense(f: Factor) -> Tensor:
+    """``(n, D_u)`` per-sample gradients of a factor, in its ``vector()`` layout."""
+    if isinstance(f, OuterFactor):
+        return f.materialise(*f.rows(0, f.n))
+    if isinstance(f, MaterialFactor):
+        return f.grads
+    assert isinstance(f, EmbeddingFactor)
+    n, _, dim = f.delta.shape
+    cols = (f.idx[:, :, None] * dim + torch.arange(dim, device=f.idx.device)).reshape(n, -1)
+    out = f.delta.new_zeros(n, f.num_rows * dim)
+    return out.scatter_add_(1, cols, f.delta.reshape(n, -1))
+
+
 class ProbeBatches:
     """The L probe batches of :meth:`GradEngine.per_sample`: their factors, captured once
     for all of them together, and their gradient sums, computed once when first asked for
@@ -460,6 +532,13 @@ class ProbeBatches:
         self.b_total = int(sizes.sum())
         self._sums: list[list[Tensor]] | None = None
         self._route: dict[int, bool] = {}
+
+    def set_sums(self, sums: list[list[Tensor]]) -> None:
+        """Give the batches' gradient sums computed elsewhere (sharded over processes and
+        all-reduced: fine_cli/distributed.py), in :meth:`sums`' layout."""
+        if len(sums) != len(self.probes):
+            raise ValueError(f"sums: expected {len(self.probes)} batches, got {len(sums)}.")
+        self._sums = [[t.detach() for t in vec] for vec in sums]
 
     def sums(self) -> list[list[Tensor]]:
         if self._sums is None:

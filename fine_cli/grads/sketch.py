@@ -70,6 +70,34 @@ class Sketcher:
         assert isinstance(f, OuterFactor)
         return self._outer(key, f)
 
+    def sketch_dense(self, key: str, f: Factor, grads: Tensor, out: Tensor | None = None) -> Tensor:
+        """``(n, k)`` sketch of ``grads`` ``(n, D)``: vectors laid out as ``f``'s built
+        gradients (``GradEngine.materialise``), hashed exactly as :meth:`sketch` hashes
+        ``f``, so that ``sketch_dense(key, f, built gradients of f) == sketch(key, f)`` and
+        a map applied to built gradients (LESS's Adam preconditioning) is sketched in the
+        same coordinates as the plain gradients. With ``out`` (``(n, k)``, the dtype of
+        ``grads``) the sketch is added to it in place and ``out`` returned; make ``out`` the
+        transpose of a contiguous ``(k, n)`` tensor for speed (rows of ``out.T`` are summed
+        into, several times faster than columns of ``out``)."""
+        dev = grads.device
+        if isinstance(f, MaterialFactor):
+            h, s = self.hashes(key, "flat", grads.shape[1], dev)
+        elif isinstance(f, EmbeddingFactor):
+            dim = f.delta.shape[2]
+            h_row, s_row = self.hashes(key, "row", f.num_rows, dev)
+            h_col, s_col = self.hashes(key, "col", dim, dev)
+            h = ((h_row[:, None] + h_col[None, :]) % self.k).reshape(-1)
+            s = (s_row[:, None] * s_col[None, :]).reshape(-1)
+        else:
+            assert isinstance(f, OuterFactor)
+            h_out, s_out = self.hashes(key, "out", f.d_out, dev)
+            h_in, s_in = self.hashes(key, "in", f.d_in, dev)
+            h = ((h_out[:, None] + h_in[None, :]) % self.k).reshape(-1)
+            s = (s_out[:, None] * s_in[None, :]).reshape(-1)
+        target = out.T if out is not None else grads.new_zeros(self.k, grads.shape[0])
+        target.index_add_(0, h, (grads * s.to(grads.dtype)).T.contiguous())
+        return target.T
+
     def _outer(self, key: str, f: OuterFactor) -> Tensor:
         h_out, s_out = self.hashes(key, "out", f.d_out, f.device)
         h_in, s_in = self.hashes(key, "in", f.d_in, f.device)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fine_cli import registry
 from fine_cli.errors import RunError
+from fine_cli.estimators import null
+from fine_cli.estimators.fine import MOMENT_ESTIMATORS
 from fine_cli.estimators.fine_method import QUERY_CHUNK
 from fine_cli.estimators.options import EstimateOptions
-from fine_cli.estimators.samples import SignalView, first_checkpoints
+from fine_cli.estimators.samples import SignalView, first_checkpoints, resolve_window
 from fine_cli.estimators.view import signal_view
 from fine_cli.results import Influence, Signals, make_meta
 
@@ -35,19 +38,31 @@ def method_arrays(
     return {"scores": np.concatenate(parts, axis=0)}
 
 
-def run(signals: Signals, method: str, options: EstimateOptions | None = None) -> Influence:
+def run(
+    signals: Signals,
+    method: str,
+    options: EstimateOptions | None = None,
+    out_dir: str | Path | None = None,
+) -> Influence:
     """Score every (query, subset) pair with ``method`` (a registered name).
 
     For f-INE the estimator, checkpoint truncation, bootstrap standard errors and
     permutation p-values follow ``options``; the baselines use ``options.checkpoints`` only.
+    Signals mapped from a directory are scored block by block where the method allows
+    (:mod:`fine_cli.stages.estimate_stream`), the arrays written to ``out_dir`` if given.
     """
+    from fine_cli.stages import estimate_stream
+
+    if estimate_stream.streams(signals, method):
+        return estimate_stream.run(signals, method, options, out_dir)
     opts = options or EstimateOptions()
     found = registry.get(method)
     sig = signal_view(signals)
     opts.check(sig.n_checkpoints)
     n_ckpt_all = sig.n_checkpoints
-    if opts.checkpoints is not None:
-        sig = first_checkpoints(sig, opts.checkpoints)
+    window = resolve_window(sig, opts.checkpoints)
+    if window is not None:
+        sig = first_checkpoints(sig, window)
     stats = method_arrays(sig, found, opts)
     scores = stats.pop("scores")
     if not np.all(np.isfinite(scores)):
@@ -71,9 +86,11 @@ def run(signals: Signals, method: str, options: EstimateOptions | None = None) -
     extra: dict[str, Any] = {
         "checkpoints_used": sig.n_checkpoints,
         "checkpoints_total": n_ckpt_all,
+        "checkpoints_rule": opts.checkpoints if opts.checkpoints is not None else "all",
     }
     if found.meta is not None:
         extra.update(found.meta(sig, opts))
+    extra.update(_caveats(method, sig, arrays, opts.estimator))
     meta = make_meta(
         "influence",
         method=method,
@@ -86,3 +103,30 @@ def run(signals: Signals, method: str, options: EstimateOptions | None = None) -
         **extra,
     )
     return Influence(arrays=arrays, meta=meta, source="memory")
+
+
+def _caveats(
+    method: str, sig: SignalView, arrays: dict[str, np.ndarray], estimator: str
+) -> dict[str, Any]:
+    """``warnings`` (sentences the CLI prints) and ``undefined`` (arrays holding nan, with
+    the reason): f-INE from fewer than MIN_SE_SAMPLES samples per distribution, and
+    standard errors that are undefined (docs/ROBUSTNESS.md)."""
+    warnings: list[str] = []
+    undefined: dict[str, str] = {}
+    if method == "fine" and sig.n_samples < null.MIN_SE_SAMPLES:
+        warnings.append(
+            f"f-INE scores from only {sig.n_samples} samples per distribution (checkpoints x "
+            f"probe pairs) are unreliable; {null.MIN_SE_SAMPLES} or more are advised."
+        )
+    se = arrays.get("stderr")
+    if se is not None and np.isnan(se).any():
+        by_checkpoint = sig.n_checkpoints if estimator in MOMENT_ESTIMATORS else 0
+        reason = null.stderr_reason(sig.n_samples, int(np.isnan(se).sum()), se.size, by_checkpoint)
+        undefined["stderr"] = reason
+        warnings.append(f"standard errors are nan: {reason}.")
+    out: dict[str, Any] = {}
+    if warnings:
+        out["warnings"] = warnings
+    if undefined:
+        out["undefined"] = undefined
+    return out

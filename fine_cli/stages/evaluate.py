@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from fine_cli import metrics
-from fine_cli.artifacts import load_artifact
+from fine_cli.artifacts import check_made_from, load_artifact
 from fine_cli.errors import ConfigError, InputFileError
 from fine_cli.results import Ranking, Result, check_shape, require_finite
 
@@ -315,10 +315,22 @@ def load_runs(run_dirs: list[str], methods: list[str] | None = None) -> dict[str
                 "every run.",
             )
         chosen = sorted(common, key=_method_order)
-    return {
+    loaded = {
         m: [load_artifact(str(r / f"ranking-{m}.npz"), "ranking", RANKING_ARRAYS) for r in resolved]
         for m in chosen
     }
+    for m, rankings in loaded.items():
+        for r, ranking in zip(resolved, rankings, strict=True):
+            _check_beside(ranking, r / f"influence-{m}.npz")
+    return loaded
+
+
+def _check_beside(ranking: Result, influence: Path) -> None:
+    """A RUN directory names a ranking's input: ``influence-<method>.npz`` beside it. When
+    that file is there, the ranking must have been made from it (not left over from an
+    earlier estimate)."""
+    if influence.is_file() and ranking.meta.get("influence_sha256"):
+        check_made_from(ranking, load_artifact(str(influence), "influence"))
 
 
 def _methods_in(run: Path) -> set[str]:

@@ -13,6 +13,7 @@ collection from the signals' metadata, estimation and ranking around the stage c
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from fine_cli.artifacts import load_signals, save
+from fine_cli.artifacts import load_signals, may_replace, save
 from fine_cli.config import Config, config_from_dict, config_to_dict
-from fine_cli.errors import ConfigError
+from fine_cli.errors import ConfigError, RunError
 from fine_cli.results import Ranking, Signals
+from fine_cli.runstate import RunDir
 from fine_cli.stages import estimate, evaluate, rank, train_collect
 from fine_cli.stages.evaluate import AcrossRunsReport, RecallReport
 
@@ -46,6 +48,7 @@ class SeedRun:
     features: dict[str, float]  # feature collection, by part (fine_cli/features.py)
     estimate_s: dict[str, float]  # by method: `fine estimate` + `fine rank`
     crossval_s: float = 0.0  # the K fold models of confident learning (fine_cli/crossval.py)
+    models: int = 2  # models trained side by side in train_s: main (+ auxiliary)
 
 
 @dataclass
@@ -72,11 +75,17 @@ def run(
     reuse: bool = False,
     message: Message | None = None,
     epoch_progress: EpochProgress | None = None,
+    warn: Message | None = None,
+    resume: bool = False,
 ) -> ExperimentResult:
     """Run every seed and method of ``cfg.experiment``; see the module docstring.
 
     With ``reuse``, a seed whose ``signals.npz`` was made by the same resolved config is
-    not trained again (its recorded training times are reported).
+    not trained again (its recorded training times are reported). Each seed's
+    train-collect keeps its state in ``seed-<seed>/signals.npz.run`` until its signals are
+    written; ``resume`` reuses finished seeds as ``reuse`` does and continues an
+    interrupted one from that state (fine_cli/runstate.py). ``warn`` receives the
+    estimates' warnings (too few samples, undefined standard errors), once each.
     """
     seeds = list(cfg.experiment.seeds)
     methods: list[str] = list(dict.fromkeys(cfg.experiment.methods))
@@ -92,19 +101,25 @@ def run(
     if cfg.data.label_noise <= 0:
         raise ConfigError("fine run needs flipped labels to find; set data.label_noise above 0.")
     out = Path(out_dir)
+    for seed in seeds:  # a bad --out-dir fails now, not after the first seed's training
+        _make_dir(out / f"seed-{seed}")
     runs: list[SeedRun] = []
     recall: list[RecallReport] = []
+    warned: set[str] = set()
     for seed in seeds:
         seed_cfg = config_from_dict({**config_to_dict(cfg), "seed": seed})
         directory = out / f"seed-{seed}"
-        directory.mkdir(parents=True, exist_ok=True)
         say = message or (lambda _: None)
         say(f"seed {seed}: {directory}")
-        sig, reused = _signals(seed_cfg, directory, reuse, say, epoch_progress)
+        sig, reused = _signals(seed_cfg, directory, reuse or resume, say, epoch_progress, resume)
         est: dict[str, float] = {}
         rankings = []
         for method in methods:
-            ranking, est[method] = _estimate_and_rank(sig, method, seed_cfg, directory)
+            ranking, est[method], warnings = _estimate_and_rank(sig, method, seed_cfg, directory)
+            for text in warnings:
+                if warn is not None and text not in warned:
+                    warn(f"{method}: {text}")
+                    warned.add(text)
             say(f"seed {seed}: {method} estimated and ranked in {est[method]:.2f} s")
             rankings.append(ranking)
         recall.append(evaluate.run_recall(rankings, list(cfg.evaluate.p_grid)))
@@ -121,6 +136,7 @@ def run(
                 features={k: float(v) for k, v in feats.items()},
                 estimate_s=est,
                 crossval_s=float(t.get("crossval_s", 0.0)),
+                models=int(t.get("models", 2)),
             )
         )
     dirs = [r.directory for r in runs]
@@ -145,16 +161,20 @@ def _signals(
     reuse: bool,
     say: Message,
     epoch_progress: EpochProgress | None,
+    resume: bool = False,
 ) -> tuple[Signals, bool]:
     path = directory / "signals.npz"
+    run_dir = directory / "signals.npz.run"
     if reuse and path.is_file():
         old = load_signals(str(path))
         if old.meta.get("config") == config_to_dict(cfg):
             say(f"seed {cfg.seed}: reusing {path}")
             return old, True
         say(f"seed {cfg.seed}: {path} was made by another config; training again")
-    signals = train_collect.run(cfg, epoch_progress)
+        may_replace(path)  # the RUN directory is this command's own: its old signals go
+    signals = train_collect.run(cfg, epoch_progress, run_dir=run_dir, resume=resume)
     save(signals, str(path))
+    RunDir(run_dir, {}).remove()
     signals.source = str(path)
     t = signals.meta["timing"]
     say(
@@ -164,12 +184,25 @@ def _signals(
     return signals, False
 
 
+def _make_dir(directory: Path) -> None:
+    """Create a RUN directory, or refuse one that cannot be (a file in the way, no
+    permission, read-only) with the fix."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunError(
+            f"cannot create run directory '{directory}': {err.strerror}; pass another --out-dir."
+        ) from None
+    if not os.access(directory, os.W_OK):
+        raise RunError(f"run directory '{directory}' is not writable; pass another --out-dir.")
+
+
 def _estimate_and_rank(
     sig: Signals, method: str, cfg: Config, directory: Path
-) -> tuple[Ranking, float]:
+) -> tuple[Ranking, float, list[str]]:
     """``fine estimate`` (the config's estimate options) then ``fine rank``, in memory; both
-    results saved beside the signals; returns the ranking and the seconds spent in the two
-    stages (files excluded)."""
+    results saved beside the signals; returns the ranking, the seconds spent in the two
+    stages (files excluded) and the estimate's warnings."""
     t0 = time.perf_counter()
     influence = estimate.run(sig, method, estimate.EstimateOptions.from_config(cfg.estimate))
     seconds = time.perf_counter() - t0
@@ -182,7 +215,7 @@ def _estimate_and_rank(
     r_path = directory / f"ranking-{method}.npz"
     save(ranking, str(r_path))
     ranking.source = str(r_path)
-    return ranking, round(seconds, 3)
+    return ranking, round(seconds, 3), list(influence.meta.get("warnings", []))
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:

@@ -118,6 +118,12 @@ def _per_query_extras(
     require_finite(influence, tuple(present))
     if fdr is None:
         return out, {}
+    if null == "typical" and np.isnan(out["stderr"]).any():  # undefined, with a reason
+        reason = (influence.meta.get("undefined") or {}).get("stderr", "they are nan")
+        raise ConfigError(
+            f"--fdr --null typical needs the scores' standard errors, which are undefined "
+            f"here: {reason}; or use --null zero with the permutation p-values."
+        )
     scores = np.asarray(influence["scores"][row], dtype=np.float64)
     sel = selection.select(scores, fdr, null, stderr=out.get("stderr"), pvalues=out.get("pvalue"))
     out["qvalue"], out["selected"] = sel.qvalue, sel.selected

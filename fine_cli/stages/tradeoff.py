@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from fine_cli.config import ESTIMATORS
 from fine_cli.errors import ConfigError
-from fine_cli.estimators.fine import ESTIMATOR_FNS
+from fine_cli.estimators.fine import ESTIMATOR_FNS, NEEDS_AUX
 from fine_cli.estimators.samples import first_checkpoints, query_samples, self_samples
 from fine_cli.estimators.view import signal_view
 from fine_cli.results import Signals
@@ -107,10 +106,11 @@ def run(
             )
         xq, yq = query_samples(sig, slice(query, query + 1))
         x, y = xq[0, subset], yq[0, subset]
-    mu = {
-        name: float(ESTIMATOR_FNS[name](x[None], y[None], sig.n_repeats)[0]) for name in ESTIMATORS
-    }
-    helps = mu["auc"] >= 0.0  # the side of the test: rank-based, so unaffected by alg2's bias
+    # the estimators of samples; without the auxiliary model only paired's D is meaningful
+    names = [n for n in ESTIMATOR_FNS if n not in NEEDS_AUX or sig.has_aux]
+    mu = {name: float(ESTIMATOR_FNS[name](x[None], y[None], sig.n_repeats)[0]) for name in names}
+    # the side of the test: rank-based (auc), so unaffected by alg2's bias; else paired's
+    helps = mu.get("auc", mu["paired"]) >= 0.0
     alpha, beta = empirical_tradeoff(x, y, helps)
     ptr, members = sig.groups()
     single = ptr[subset + 1] - ptr[subset] == 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -31,12 +32,15 @@ from scipy import stats
 
 from fine_cli import metrics
 from fine_cli.batches import TensorPairs
-from fine_cli.config import ESTIMATORS, Config, config_to_dict
+from fine_cli.config import Config, config_to_dict
 from fine_cli.data import LoadedData, load_data
 from fine_cli.errors import ConfigError, InputFileError
 from fine_cli.estimators.fine import auc_with
+from fine_cli.estimators.fine_method import available_estimators
+from fine_cli.estimators.view import signal_view
 from fine_cli.models import build_model
 from fine_cli.results import Signals, Truth, check_shape, make_meta
+from fine_cli.runstate import RunDir, cached_signals, cached_step
 from fine_cli.stages import estimate, train_collect
 from fine_cli.tasks import ClassificationTask
 from fine_cli.training import (
@@ -137,7 +141,10 @@ def truth_from_samples(
 
 
 def run_truth(
-    cfg: Config, progress: Progress | None = None, data: LoadedData | None = None
+    cfg: Config,
+    progress: Progress | None = None,
+    data: LoadedData | None = None,
+    run: RunDir | None = None,
 ) -> Truth:
     """Train ``cfg.validation.models`` models on balanced random halves; returns the truth
     (docs/ARTIFACTS.md). ``data`` replaces ``load_data(cfg.data)``."""
@@ -156,7 +163,13 @@ def run_truth(
     for i, s in enumerate(seeds):
         if progress:
             progress(i, m)
-        loss[i], conf[i] = _train_on(cfg, data, in_mask[i], s, device)
+        # with a run directory, a model trained before an interruption is not trained again
+        loss[i], conf[i] = cached_step(
+            run,
+            f"model-{i:05d}",
+            ("loss", "confidence"),
+            partial(_train_on, cfg, data, in_mask[i], s, device),
+        )
     if progress:
         progress(m, m)
     arrays = {
@@ -177,6 +190,53 @@ def run_truth(
         device=str(device),
     )
     return Truth(arrays=arrays, meta=meta, source="retraining")
+
+
+# Random splits of the models into two disjoint halves, averaged in split_half_reliability.
+RELIABILITY_SPLITS = 10
+
+
+def unbalanced_mu_true(loss: np.ndarray, in_mask: np.ndarray) -> np.ndarray:
+    """(n,) mu_true of models whose training sets (M, n) need not be balanced: the AUC of
+    P(loss_out > loss_in) from average ranks within each point's M losses, clipped to
+    half its resolution; nan where a point is never in or never out."""
+    ranks = stats.rankdata(loss.astype(np.float64), axis=0)  # (M, n), ties averaged
+    n_in = in_mask.sum(axis=0).astype(np.float64)
+    n_out = in_mask.shape[0] - n_in
+    u_out = np.where(in_mask, 0.0, ranks).sum(axis=0) - n_out * (n_out + 1) / 2
+    pairs = n_in * n_out
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = np.clip(u_out / pairs, 0.5 / pairs, 1.0 - 0.5 / pairs)
+        return np.where(pairs > 0, np.sqrt(2.0) * stats.norm.ppf(auc), np.nan)
+
+
+def split_half_reliability(
+    truth: Truth, splits: int = RELIABILITY_SPLITS, seed: int = 0
+) -> dict[str, float]:
+    """What the truth itself resolves: the Spearman correlation of mu_true computed on two
+    disjoint random halves of its models (mean over ``splits`` random splits),
+    ``full_m`` = its Spearman-Brown correction to all M models (2r / (1 + r)), and
+    ``ceiling`` = sqrt(full_m), the most that any score can correlate with mu_true
+    (Spearman's correction for attenuation)."""
+    loss, in_mask = truth["loss"], truth["in_mask"].astype(bool)
+    m = in_mask.shape[0]
+    rng = np.random.default_rng(seed)
+    rs = []
+    for _ in range(splits):
+        perm = rng.permutation(m)
+        a, b = perm[: m // 2], perm[m // 2 :]
+        mu_a = unbalanced_mu_true(loss[a], in_mask[a])
+        mu_b = unbalanced_mu_true(loss[b], in_mask[b])
+        ok = np.isfinite(mu_a) & np.isfinite(mu_b)
+        with np.errstate(invalid="ignore", divide="ignore"):  # a constant half: nan
+            rs.append(spearman(mu_a[ok], mu_b[ok]))
+    r = float(np.nanmean(rs)) if np.isfinite(rs).any() else float("nan")
+    full = 2.0 * r / (1.0 + r) if r > -1.0 else float("nan")
+    return {
+        "split_half": r,
+        "full_m": full,
+        "ceiling": float(np.sqrt(full)) if full > 0 else float("nan"),
+    }
 
 
 def check_truth(art: Truth) -> None:
@@ -219,7 +279,7 @@ class ValidateReport:
     n_models: int
     seeds: list[Any]  # the training seed of each signals file
     jaccard_p: float
-    checkpoints: int | None  # estimate.checkpoints used (None = all)
+    checkpoints: int | str | None  # estimate.checkpoints used ("auto", K, None = all)
     truth: dict[str, float]  # how the truth itself looks (see truth_summary)
     methods: list[MethodValidation] = field(default_factory=list)
 
@@ -261,6 +321,7 @@ def truth_summary(truth: Truth) -> dict[str, float]:
         "share_at_cap": float(np.mean(mu >= cap - 1e-9)),
         "mu_true_cap": cap,
         "spearman_mu_true_lira": spearman(mu, truth["mu_lira"]),
+        **split_half_reliability(truth),
     }
 
 
@@ -269,7 +330,8 @@ def method_scores(
 ) -> dict[str, np.ndarray]:
     """(n,) self-influence of every f-INE estimator and every baseline in ``methods``."""
     out: dict[str, np.ndarray] = {}
-    for name in ESTIMATORS:
+    # the estimators these signals can feed (alg2, auc, std need the auxiliary model)
+    for name in available_estimators(signal_view(signals)):
         opts = estimate.EstimateOptions(
             estimator=name,
             checkpoints=options.checkpoints,
@@ -328,12 +390,17 @@ def check_same_data(truth: Truth, signals: Signals, label: str) -> None:
         )
 
 
-def collect_signals(cfg: Config, progress: train_collect.Progress | None = None) -> list[Signals]:
-    """Stage 1 for every seed in ``cfg.experiment.seeds``, kept in memory."""
+def collect_signals(
+    cfg: Config, progress: train_collect.Progress | None = None, run: RunDir | None = None
+) -> list[Signals]:
+    """Stage 1 for every seed in ``cfg.experiment.seeds``, kept in memory (and in the run
+    directory, when given, so that an interrupted validate does not collect it again)."""
     out = []
     for s in cfg.experiment.seeds:
         run_cfg = cfg.model_copy(update={"seed": s})
-        signals = train_collect.run(run_cfg, progress)
+        signals = cached_signals(
+            run, f"signals-seed-{s}", partial(train_collect.run, run_cfg, progress)
+        )
         signals.source = f"seed {s}"
         out.append(signals)
     return out
@@ -349,6 +416,8 @@ def run(
     for i, s in enumerate(signals):
         check_same_data(truth, s, s.source or f"#{i}")
     runs = [method_scores(s, list(cfg.experiment.methods), options) for s in signals]
+    common = [k for k in runs[0] if all(k in r for r in runs)]
+    runs = [{k: r[k] for k in common} for r in runs]
     flip = truth["flip_mask"].astype(bool)
     return ValidateReport(
         n_train=int(flip.size),

@@ -18,6 +18,7 @@ import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,15 @@ import torch
 
 from fine_cli import datamodels
 from fine_cli.batches import TensorPairs
-from fine_cli.config import ESTIMATORS, Config, config_from_dict, config_to_dict
+from fine_cli.config import Config, config_from_dict, config_to_dict
 from fine_cli.data import LoadedData, load_data
 from fine_cli.errors import ConfigError, InputFileError
+from fine_cli.estimators.fine_method import available_estimators
 from fine_cli.estimators.options import EstimateOptions
+from fine_cli.estimators.view import signal_view
 from fine_cli.models import build_model
 from fine_cli.results import Signals, Truth, make_meta
+from fine_cli.runstate import RunDir, cached_signals, cached_step
 from fine_cli.stages import estimate, train_collect
 from fine_cli.tasks import ClassificationTask
 from fine_cli.training import (
@@ -71,7 +75,7 @@ def _outcome(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
     return -TASK.loss(logits, y)
 
 
-def run_truth(cfg: Config, progress: Progress | None = None) -> Truth:
+def run_truth(cfg: Config, progress: Progress | None = None, run: RunDir | None = None) -> Truth:
     """Train ``validation.models`` models on balanced halves of the groups; returns the
     test-mode truth (design, outcomes, mu_true) as a :class:`~fine_cli.results.Truth`."""
     m_models = cfg.validation.models
@@ -93,9 +97,8 @@ def run_truth(cfg: Config, progress: Progress | None = None) -> Truth:
     x, y = data.train.x.to(device), data.train.y.to(device)
     outcome = np.zeros((m_models, xq.shape[0]), np.float64)
     augment = config_augment(cfg)
-    for i, seed in enumerate(seeds):
-        if progress:
-            progress(i, m_models)
+
+    def one_model(i: int, seed: int) -> tuple[np.ndarray]:
         sel = torch.as_tensor(np.flatnonzero(keep[i]), device=device)
         model = build_model(cfg.model, data.input_shape, data.n_classes, seed).to(device)
         opt = make_optimizer(cfg, model)
@@ -107,7 +110,15 @@ def run_truth(cfg: Config, progress: Progress | None = None) -> Truth:
         model.eval()
         with torch.no_grad():
             logits = model(xq.to(device)).double()
-            outcome[i] = _outcome(logits, yq.to(device), cfg.validation.outcome).cpu().numpy()
+            return (_outcome(logits, yq.to(device), cfg.validation.outcome).cpu().numpy(),)
+
+    for i, seed in enumerate(seeds):
+        if progress:
+            progress(i, m_models)
+        # with a run directory, a model trained before an interruption is not trained again
+        outcome[i] = cached_step(run, f"model-{i:05d}", ("outcome",), partial(one_model, i, seed))[
+            0
+        ]
     if progress:
         progress(m_models, m_models)
     arrays = {
@@ -137,6 +148,7 @@ def collect_signals(
     cfg: Config,
     truth: Truth,
     progress: train_collect.Progress | None = None,
+    run: RunDir | None = None,
 ) -> list[Signals]:
     """Stage 1 in test mode for every seed of ``experiment.seeds``, with the truth's groups
     and test points, kept in memory."""
@@ -151,7 +163,10 @@ def collect_signals(
             raw = config_to_dict(cfg)
             raw["seed"] = s
             raw["collect"] = {**raw["collect"], "mode": "test", "groups_file": str(groups_file)}
-            signals = train_collect.run(config_from_dict(raw), progress)
+            seed_cfg = config_from_dict(raw)
+            signals = cached_signals(
+                run, f"signals-seed-{s}", partial(train_collect.run, seed_cfg, progress)
+            )
             signals.source = f"seed {s}"
             out.append(signals)
     return out
@@ -165,9 +180,12 @@ class TestMethodValidation:
     lds: list[float]  # mean over test points of the per-point LDS
     spearman_mu: list[float]  # mean over test points of Spearman with mu_true(q, .)
     relative: list[float]  # spearman_mu / sqrt(the truth's reliability at all M)
+    # trainings + collection charged to the method, in units of one model's training
+    cost: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
-        return {k: _mean(getattr(self, k)) for k in ("lds", "spearman_mu", "relative")}
+        keys = ("lds", "spearman_mu", "relative", "cost")
+        return {k: _mean(getattr(self, k)) for k in keys}
 
 
 @dataclass
@@ -221,7 +239,7 @@ def method_scores(
     """(m, G) scores of every f-INE estimator and every other method in ``methods``."""
     out: dict[str, np.ndarray] = {}
     base = {"checkpoints": options.checkpoints, "bootstrap": 0, "permutations": 0}
-    for name in ESTIMATORS:
+    for name in available_estimators(signal_view(signals)):
         opts = EstimateOptions(estimator=name, seed=options.seed, **base)  # type: ignore[arg-type]
         out[f"fine/{name}"] = estimate.run(signals, "fine", opts).scores
     for m in methods:
@@ -252,6 +270,7 @@ def run(
             # Spearman's correction for attenuation: a truth of reliability r correlates at
             # most sqrt(r) with anything
             row.relative.append(rho / np.sqrt(ceiling) if ceiling > 0 else float("nan"))
+            row.cost.append(training_runs(label.split("/")[0], s))
     return TestValidateReport(
         n_train=int(truth["train_index"].shape[0]),
         n_groups=int(design.shape[1]),
@@ -262,6 +281,28 @@ def run(
         truth={**reliability, "lds_of_half_truth": _half_truth_lds(design, outcome)},
         methods=list(rows.values()),
     )
+
+
+def training_runs(method: str, signals: Signals) -> float:
+    """What ``method`` costs on ``signals`` (its trainings and collection, as ``fine run``'s
+    report charges them; scoring excluded), in units of one model's training."""
+    from fine_cli.report import charged
+    from fine_cli.stages.experiment import SeedRun
+
+    t = signals.meta.get("timing") or {}
+    feats = (signals.meta.get("features") or {}).get("timing", {})
+    run = SeedRun(
+        seed=0,
+        directory="",
+        reused=False,
+        train_s=float(t.get("train_s", float("nan"))),
+        collect_s=float(t.get("collect_s", float("nan"))),
+        train_extra_s=float(t.get("train_extra_s", 0.0)),
+        features={k: float(v) for k, v in feats.items()},
+        estimate_s={},
+    )
+    train, collect = charged(method, run)
+    return (train + collect) / (run.train_s / 2)
 
 
 def _half_truth_lds(design: np.ndarray, outcome: np.ndarray) -> float:

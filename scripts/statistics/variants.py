@@ -11,9 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fine_cli import metrics
+from fine_cli import metrics, registry
 from fine_cli.artifacts import load_artifact
-from fine_cli.estimators import METHODS
 from fine_cli.estimators.fine import ESTIMATOR_FNS, influence_paired
 from fine_cli.estimators.samples import (
     MAIN,
@@ -57,7 +56,7 @@ def estimator(name: str, k: int | None) -> Score:
 
 
 def baseline(name: str, k: int | None) -> Score:
-    return lambda sig: METHODS[name](cut(sig, k), None)[0]
+    return lambda sig: registry.get(name).score(cut(sig, k), None, None)[0]  # type: ignore[misc]
 
 
 def stouffer(k: int | None) -> Score:
