@@ -195,6 +195,10 @@ def train_collect(
     from fine_cli.stages import train_collect as stage
 
     cfg = load_config(config, set_ or [])
+    if cfg.llm is not None:
+        raise ConfigError(
+            f"'{config}' is a language-model config (llm:); run it with fine run (docs/LLM.md)."
+        )
     root = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 writes
     as_dir = outofcore.wants_dir(output) or cfg.collect.storage == "directory"
     if root:
@@ -326,6 +330,8 @@ def rank(
         save(ranking, output)
     if fdr is not None:
         console.info(console.fdr_line(meta["fdr"], len(arrays["order"])))
+        if meta["fdr"].get("warning"):
+            console.warning(meta["fdr"]["warning"] + ".")
     rows = console.ranking_rows(arrays, top)
     title = f"top {len(rows)} of {len(arrays['order'])} by {meta['method']} ({meta['query']})"
     text = console.format_ranking(rows, fmt.value, title)

@@ -117,6 +117,12 @@ def central_matching(x: np.ndarray, lo: float, hi: float) -> tuple[float, float]
     return float(mid + half * vertex), float(half * math.sqrt(-1.0 / (2.0 * beta[2])))
 
 
+def _median(a: np.ndarray, default: float) -> float:
+    """Median of the defined (finite) values of ``a``; ``default`` when there are none."""
+    finite = a[np.isfinite(a)]
+    return float(np.median(finite)) if finite.size else default
+
+
 def fit_typical_null(scores: np.ndarray, stderr: np.ndarray | None = None) -> EmpiricalNull:
     """Fit the typical-subset null N(loc, scale^2) to scores (G,) (see the module text);
     ``stderr`` (G,), the scores' bootstrap standard errors, sets the floor of the scale:
@@ -127,7 +133,7 @@ def fit_typical_null(scores: np.ndarray, stderr: np.ndarray | None = None) -> Em
         return EmpiricalNull(0.0, 1.0, 1.0, math.nan, 0.0, False)
     tiny = SCALE_TINY * (1.0 + float(np.max(np.abs(x))))
     q25, q50, q75 = np.quantile(x, [0.25, 0.5, 0.75])
-    floor = float(np.median(se)) if se is not None and se.size else 0.0
+    floor = _median(se, 0.0) if se is not None else 0.0
     loc, scale = float(q50), max(floor, float(q75 - q25) / 1.349, tiny)
     fitted_scale, fitted = math.nan, False
     for _ in range(MAX_ITER):
@@ -137,7 +143,7 @@ def fit_typical_null(scores: np.ndarray, stderr: np.ndarray | None = None) -> Em
             break  # keep the last window that held a fit
         new_loc, fitted_scale = fit
         if se is not None:  # the typical subsets' own standard error
-            floor = float(np.median(se[(x >= lo) & (x <= hi)]))
+            floor = _median(se[(x >= lo) & (x <= hi)], floor)
         new_scale = max(fitted_scale, floor, tiny)
         fitted = True
         moved = abs(new_loc - loc) + abs(new_scale - scale)

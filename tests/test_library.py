@@ -302,3 +302,25 @@ def test_the_examples_of_docs_api_run(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "AUROC" in res.stdout and "lr-loss" not in res.stderr
     assert "unknown method 'no-such-method'" in res.stdout
+
+
+def test_fdr_with_the_typical_null_warns_outside_its_calibrated_estimator() -> None:
+    from fine_cli.results import make_meta
+
+    n = 400
+    rng = np.random.default_rng(0)
+    arrays = {
+        "scores": rng.normal(size=(1, n)),
+        "stderr": np.full((1, n), 0.5),
+        "pvalue": rng.uniform(size=(1, n)),
+        "query_index": np.array([-1]),
+        "train_index": np.arange(n),
+        "labels": np.zeros(n, np.int64),
+        "flip_mask": np.zeros(n, bool),
+        "group_ptr": np.arange(n + 1),
+        "group_members": np.arange(n),
+    }
+    for estimator, warned in (("rb", True), ("paired", False)):
+        meta = make_meta("influence", method="fine", mode="self", estimator=estimator)
+        ranking = fine_cli.rank(fine_cli.Influence(arrays=arrays, meta=meta), fdr=0.1)
+        assert ("warning" in ranking.meta["fdr"]) == warned, estimator

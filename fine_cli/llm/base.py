@@ -72,11 +72,11 @@ class Prepared:
 
 def prepare(cfg: LLMConfig, run_dir: Path, device: torch.device, say: Message) -> Prepared:
     """Data, tokenizer and base model of ``cfg`` (see the module docstring)."""
-    from transformers.utils import logging as hf_logging
-
     from fine_cli.llm import require
 
-    require()
+    require()  # before any import of the extra: a missing one is a sentence, not a traceback
+    from transformers.utils import logging as hf_logging
+
     hf_logging.disable_progress_bar()  # the run reports its own progress
     timing: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -124,6 +124,12 @@ def run(cfg: Config, out_dir: str | Path, message: Message | None = None) -> LLM
     llm = cfg.llm
     if llm is None:
         raise ConfigError("this config has no llm: section; fine run reads it for LLM runs.")
+    unused = sorted({"data", "model", "train", "collect"} & cfg.model_fields_set)
+    if unused:
+        raise ConfigError(
+            f"an llm: config does not read the top-level section(s) {', '.join(unused)}; "
+            "remove them and set the same things under llm: (docs/LLM.md)."
+        )
     say = message or (lambda _: None)
     seeds = list(cfg.experiment.seeds)
     methods = list(dict.fromkeys(cfg.experiment.methods))
@@ -164,7 +170,8 @@ def run(cfg: Config, out_dir: str | Path, message: Message | None = None) -> LLM
     cv = {m: cv_of([r.scores[m] for r in runs]) for m in methods}
     cv_est = {k: cv_of([r.estimator_scores[k] for r in runs]) for k in runs[0].estimator_scores}
     dist, dist_scores = _distribution(llm.evaluate.distribution, runs[0], prep, methods)
-    timing = {"prepare": round(sum(prep.timing.values()), 2)}
+    spent = [v for k, v in prep.timing.items() if k != "pretrain_s_cached"]  # not this run's
+    timing = {"prepare": round(sum(spent), 2)}
     timing.update({k: round(v, 2) for k, v in prep.timing.items()})
     timing["total_s"] = round(time.perf_counter() - t_all, 2)
     timing["total_cpu_s"] = round(time.process_time() - cpu_all, 2)  # this process's CPU time
@@ -187,7 +194,6 @@ def run(cfg: Config, out_dir: str | Path, message: Message | None = None) -> LLM
             },
             "n_test": {e: len(g) for e, g in zip(prep.entities, prep.query_groups)},
             "base": prep.base_info,
-            "lora_params": None,
         },
         timing=timing,
         distribution=dist,

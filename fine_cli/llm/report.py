@@ -469,7 +469,11 @@ def _timing(summary: dict[str, Any]) -> list[str]:
         "## Time of each stage (seconds, wall clock)",
         "",
         "Shared: "
-        + ", ".join(f"{k} {v:.1f}" for k, v in prep.items() if not k.startswith("total"))
+        + ", ".join(
+            f"{k} {v:.1f}"
+            for k, v in prep.items()
+            if not k.startswith("total") and k != "pretrain_s_cached"
+        )
         + (
             f" (the base model came from the cache; its pre-training took "
             f"{prep['pretrain_s_cached']:.1f} s)"

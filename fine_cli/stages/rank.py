@@ -12,6 +12,9 @@ from fine_cli.estimators.null import min_selectable
 from fine_cli.results import Influence, Ranking, Result, check_shape, make_meta, require_finite
 
 INFLUENCE_REQUIRED = Influence.REQUIRED
+# Estimators whose score distribution the typical null (fine_cli/selection.py) was
+# calibrated on; with rb's, the bulk is narrow and the tail heavy, and it over-selects.
+CALIBRATED_TYPICAL = ("paired",)
 Aggregate = Literal["mean", "sum"]
 
 
@@ -50,6 +53,14 @@ def run(
         col = scores.mean(axis=0) if aggregate == "mean" else scores.sum(axis=0)
         label = aggregate
     extras, fdr_meta = _per_query_extras(influence, row, fdr, null)
+    estimator = influence.meta.get("estimator")
+    if "fdr" in fdr_meta and null == "typical" and estimator not in CALIBRATED_TYPICAL:
+        fdr_meta["fdr"]["warning"] = (
+            f"the typical null is calibrated for the {', '.join(CALIBRATED_TYPICAL)} "
+            f"estimator (docs/statistics.md, section 8); with '{estimator}' it selects far too "
+            "many ordinary points; for a list at a false discovery rate, collect with "
+            "collect.patience=null and estimate with --estimator paired --checkpoints all"
+        )
     # Stable sort on -score: equal scores keep their training order (reproducible ties).
     order = np.argsort(-col, kind="stable")
     sizes = np.diff(ptr)
@@ -118,7 +129,10 @@ def _per_query_extras(
     require_finite(influence, tuple(present))
     if fdr is None:
         return out, {}
-    if null == "typical" and np.isnan(out["stderr"]).any():  # undefined, with a reason
+    # The typical null uses the standard errors only for its scale's floor (their median
+    # in the central window): a few undefined ones (a point whose samples do not vary) are
+    # left out of it; most of them undefined leaves no floor, and the selection is refused.
+    if null == "typical" and np.isnan(out["stderr"]).mean() > 0.5:  # undefined, with a reason
         reason = (influence.meta.get("undefined") or {}).get("stderr", "they are nan")
         raise ConfigError(
             f"--fdr --null typical needs the scores' standard errors, which are undefined "
