@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from fine_cli import registry
 from fine_cli.batches import ShuffledBatches, loader, size
 from fine_cli.config import Config
+from fine_cli.data import LoadedData
 from fine_cli.errors import ConfigError
 from fine_cli.tasks import ClassificationTask, Task
 
@@ -162,6 +163,27 @@ def part_bounds(n: int, parts: int) -> list[int]:
     return [i * q + min(i, r) for i in range(parts + 1)]
 
 
+def train_model(
+    cfg: Config, data: LoadedData, x: Tensor, y: Tensor, keep: np.ndarray, seed: int
+) -> nn.Module:
+    """A fresh model of ``cfg`` trained as Stage 1 trains, on the points of ``x``, ``y`` (the
+    training split of ``data``, already on the device) where ``keep`` (n,) is True: the
+    retrainings of ``fine validate``. Returned in eval mode."""
+    from fine_cli.batches import TensorPairs
+    from fine_cli.models import build_model
+
+    sel = torch.as_tensor(np.flatnonzero(keep), device=x.device)
+    model = build_model(cfg.model, data.input_shape, data.n_classes, seed).to(x.device)
+    opt = make_optimizer(cfg, model)
+    gen = torch.Generator().manual_seed(seed)
+    part = TensorPairs(x[sel], y[sel])
+    augment = config_augment(cfg)
+    for epoch0 in range(cfg.train.epochs):
+        apply_schedule(cfg, [opt], epoch0)
+        train_epoch(model, opt, part, cfg.train.batch_size, gen, ClassificationTask(), augment)
+    return model.eval()
+
+
 __all__ = [
     "Seeds",
     "apply_schedule",
@@ -173,4 +195,5 @@ __all__ = [
     "part_bounds",
     "resolve_device",
     "train_epoch",
+    "train_model",
 ]

@@ -47,6 +47,32 @@ MAIN, AUX = 0, 1
 PRECONDITIONERS = ("adam", "none")
 
 
+# Arrays of a signals result with a checkpoint axis, and which axis it is.
+CHECKPOINT_AXIS = {
+    "lr": 0,
+    "probe_idx": 0,
+    "checkpoint_epoch": 0,
+    "less_gram": 0,
+    "less_sqnorm": 0,
+    "less_test_sqnorm": 0,
+    **{
+        k: 1
+        for k in (
+            "sqnorm",
+            "ip",
+            "probe_sqnorm",
+            "loss",
+            "margin",
+            "test_sqnorm",
+            "test_ip",
+            "test_loss",
+            "test_margin",
+            "gram",
+        )
+    },
+}
+
+
 class LoraCollector:
     """Collects test-mode signals of two LoRA models trained side by side.
 
@@ -314,23 +340,7 @@ class LoraCollector:
 
         out = {
             "lr": np.asarray(self.lr, np.float64),
-            "probe_idx": stack("probe_idx", 0),
-            **{
-                k: stack(k)
-                for k in (
-                    "sqnorm",
-                    "ip",
-                    "probe_sqnorm",
-                    "loss",
-                    "margin",
-                    "test_sqnorm",
-                    "test_ip",
-                    "test_loss",
-                    "test_margin",
-                    "gram",
-                )
-            },
-            **{k: stack(k, 0) for k in ("less_gram", "less_sqnorm", "less_test_sqnorm")},
+            **{k: stack(k, a) for k, a in CHECKPOINT_AXIS.items() if k in recs[0]},
             "less_query": self.query_of.copy(),
             "test_labels": np.full(self.q, -1, np.int64),
             "test_index": np.arange(self.q, dtype=np.int64),

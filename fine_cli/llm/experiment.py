@@ -38,7 +38,7 @@ from fine_cli.config import ESTIMATORS, Config, config_from_dict, config_to_dict
 from fine_cli.errors import ConfigError
 from fine_cli.estimators.options import EstimateOptions
 from fine_cli.llm.base import Prepared, prepare
-from fine_cli.llm.collect import LoraCollector
+from fine_cli.llm.collect import CHECKPOINT_AXIS, LoraCollector
 from fine_cli.llm.model import add_lora
 from fine_cli.llm.steering import Steering, steering, target_choices
 from fine_cli.llm.train import Run, Schedule, checkpoint_steps, train
@@ -48,30 +48,6 @@ from fine_cli.stages.distribution import Distribution, distribution
 from fine_cli.training import resolve_device
 
 Message = Callable[[str], None]
-# Arrays of a signals result with a checkpoint axis, and which axis it is.
-CHECKPOINT_AXIS = {
-    "lr": 0,
-    "probe_idx": 0,
-    "checkpoint_epoch": 0,
-    "less_gram": 0,
-    "less_sqnorm": 0,
-    "less_test_sqnorm": 0,
-    **{
-        k: 1
-        for k in (
-            "sqnorm",
-            "ip",
-            "probe_sqnorm",
-            "loss",
-            "margin",
-            "test_sqnorm",
-            "test_ip",
-            "test_loss",
-            "test_margin",
-            "gram",
-        )
-    },
-}
 
 
 @dataclass

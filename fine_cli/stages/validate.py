@@ -31,25 +31,17 @@ import torch
 from scipy import stats
 
 from fine_cli import metrics
-from fine_cli.batches import TensorPairs
 from fine_cli.config import Config, config_to_dict
 from fine_cli.data import LoadedData, load_data
 from fine_cli.errors import ConfigError, InputFileError
 from fine_cli.estimators.fine import auc_with
 from fine_cli.estimators.fine_method import available_estimators
 from fine_cli.estimators.view import signal_view
-from fine_cli.models import build_model
 from fine_cli.results import Signals, Truth, check_shape, make_meta
 from fine_cli.runstate import RunDir, cached_signals, cached_step
 from fine_cli.stages import estimate, train_collect
 from fine_cli.tasks import ClassificationTask
-from fine_cli.training import (
-    apply_schedule,
-    config_augment,
-    make_optimizer,
-    resolve_device,
-    train_epoch,
-)
+from fine_cli.training import resolve_device, train_model
 
 # progress(models_done, models_total)
 Progress = Callable[[int, int], None]
@@ -88,16 +80,7 @@ def _train_on(
     """Train one model on the training points where ``keep`` (n,) is True, as Stage 1 trains;
     returns its final loss and logit-scaled confidence on every training point, (n,) each."""
     x, y = data.train.x.to(device), data.train.y.to(device)
-    sel = torch.as_tensor(np.flatnonzero(keep), device=device)
-    model = build_model(cfg.model, data.input_shape, data.n_classes, seed).to(device)
-    opt = make_optimizer(cfg, model)
-    gen = torch.Generator().manual_seed(seed)
-    part = TensorPairs(x[sel], y[sel])
-    augment = config_augment(cfg)
-    for epoch0 in range(cfg.train.epochs):
-        apply_schedule(cfg, [opt], epoch0)
-        train_epoch(model, opt, part, cfg.train.batch_size, gen, TASK, augment)
-    model.eval()
+    model = train_model(cfg, data, x, y, keep, seed)
     losses, confs = [], []
     with torch.no_grad():
         for start in range(0, x.shape[0], EVAL_CHUNK):

@@ -26,25 +26,17 @@ import numpy as np
 import torch
 
 from fine_cli import datamodels
-from fine_cli.batches import TensorPairs
 from fine_cli.config import Config, config_from_dict, config_to_dict
 from fine_cli.data import LoadedData, load_data
 from fine_cli.errors import ConfigError, InputFileError
 from fine_cli.estimators.fine_method import available_estimators
 from fine_cli.estimators.options import EstimateOptions
 from fine_cli.estimators.view import signal_view
-from fine_cli.models import build_model
 from fine_cli.results import Signals, Truth, make_meta
 from fine_cli.runstate import RunDir, cached_signals, cached_step
 from fine_cli.stages import estimate, train_collect
 from fine_cli.tasks import ClassificationTask
-from fine_cli.training import (
-    apply_schedule,
-    config_augment,
-    make_optimizer,
-    resolve_device,
-    train_epoch,
-)
+from fine_cli.training import resolve_device, train_model
 
 # progress(models_done, models_total)
 Progress = Callable[[int, int], None]
@@ -96,18 +88,9 @@ def run_truth(cfg: Config, progress: Progress | None = None, run: RunDir | None 
     keep = datamodels.point_mask(design, ptr, members, len(data.train))
     x, y = data.train.x.to(device), data.train.y.to(device)
     outcome = np.zeros((m_models, xq.shape[0]), np.float64)
-    augment = config_augment(cfg)
 
     def one_model(i: int, seed: int) -> tuple[np.ndarray]:
-        sel = torch.as_tensor(np.flatnonzero(keep[i]), device=device)
-        model = build_model(cfg.model, data.input_shape, data.n_classes, seed).to(device)
-        opt = make_optimizer(cfg, model)
-        gen = torch.Generator().manual_seed(seed)
-        part = TensorPairs(x[sel], y[sel])
-        for epoch0 in range(cfg.train.epochs):
-            apply_schedule(cfg, [opt], epoch0)
-            train_epoch(model, opt, part, cfg.train.batch_size, gen, TASK, augment)
-        model.eval()
+        model = train_model(cfg, data, x, y, keep[i], seed)
         with torch.no_grad():
             logits = model(xq.to(device)).double()
             return (_outcome(logits, yq.to(device), cfg.validation.outcome).cpu().numpy(),)
