@@ -95,12 +95,15 @@ def rank(
     aggregate: str = "mean",
     fdr: float | None = None,
     null: str = "typical",
+    scale: str | None = None,
 ) -> Ranking:
     """Stage 3: subsets ordered from most to least influential (for one test point
     ``query``, or aggregated over them); ``fdr`` = q adds a selection at that false
     discovery rate against ``null``: ``typical`` (more influential than a typical training
-    point) or ``zero`` (any influence at all); see docs/statistics.md, section 8."""
-    return _rank.run(influence, query, aggregate, fdr, null)  # type: ignore[arg-type]
+    point; its normal fitted on ``scale``, "linear" or "log", by default the one
+    calibrated for the file's estimator) or ``zero`` (any influence at all); see
+    docs/statistics.md, section 8."""
+    return _rank.run(influence, query, aggregate, fdr, null, scale)  # type: ignore[arg-type]
 
 
 def evaluate_recall(

@@ -291,6 +291,14 @@ class Null(str, Enum):
     zero = "zero"
 
 
+class NullScale(str, Enum):
+    """The scale of the typical null (fine_cli/selection.py); auto: by the estimator."""
+
+    auto = "auto"
+    linear = "linear"
+    log = "log"
+
+
 @app.command()
 @handled
 def rank(
@@ -314,6 +322,13 @@ def rank(
             "(empirical null of the scores); zero = any influence at all (permutation p-values).",
         ),
     ] = Null.typical,
+    null_scale: Annotated[
+        NullScale,
+        typer.Option(
+            help="Scale of the typical null's normal: auto = the one calibrated for the "
+            "estimator (log for rb, linear for paired; docs/statistics.md, section 8).",
+        ),
+    ] = NullScale.auto,
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="Also write ranking .npz ('-' = stdout).")
     ] = None,
@@ -324,7 +339,8 @@ def rank(
     from fine_cli.stages import rank as stage
 
     loaded = open_result(influence, "influence")  # a file, or an influence directory
-    ranking = stage.run(loaded, query, aggregate.value, fdr, null=null.value)
+    scale = None if null_scale is NullScale.auto else null_scale.value
+    ranking = stage.run(loaded, query, aggregate.value, fdr, null=null.value, scale=scale)
     arrays, meta = ranking.arrays, ranking.meta
     if output is not None:
         save(ranking, output)

@@ -131,9 +131,10 @@ def fdr_line(fdr: dict[str, Any], n: int) -> str:
     many, against which null, and the estimated share of ordinary (null) subsets."""
     head = f"selected {fdr['selected']} of {n} at FDR {fdr['q']:g}"
     if fdr.get("null", "zero") == "typical":
+        what = "log(scores)" if fdr.get("scale_on") == "log" else "scores"
         return (
             f"{head} against the typical null (more influential than a typical subset: "
-            f"scores ~ N({fdr['loc']:.3g}, {fdr['scale']:.3g}^2) fitted to their bulk, "
+            f"{what} ~ N({fdr['loc']:.3g}, {fdr['scale']:.3g}^2) fitted to their bulk, "
             f"upper tail); estimated ordinary subsets {100 * fdr['pi0']:.0f}%"
         )
     side = f", {fdr['alternative']} p-values" if fdr.get("alternative") else ""

@@ -304,13 +304,13 @@ def test_the_examples_of_docs_api_run(tmp_path: Path) -> None:
     assert "unknown method 'no-such-method'" in res.stdout
 
 
-def test_fdr_with_the_typical_null_warns_outside_its_calibrated_estimator() -> None:
+def test_fdr_with_the_typical_null_takes_the_estimators_scale_and_warns_outside_it() -> None:
     from fine_cli.results import make_meta
 
     n = 400
     rng = np.random.default_rng(0)
     arrays = {
-        "scores": rng.normal(size=(1, n)),
+        "scores": rng.lognormal(size=(1, n)),
         "stderr": np.full((1, n), 0.5),
         "pvalue": rng.uniform(size=(1, n)),
         "query_index": np.array([-1]),
@@ -320,7 +320,11 @@ def test_fdr_with_the_typical_null_warns_outside_its_calibrated_estimator() -> N
         "group_ptr": np.arange(n + 1),
         "group_members": np.arange(n),
     }
-    for estimator, warned in (("rb", True), ("paired", False)):
+    cases = (("rb", None, "log", False), ("paired", None, "linear", False))
+    cases += (("rb", "linear", "linear", True), ("alg2", None, "linear", True))
+    for estimator, scale, on, warned in cases:
         meta = make_meta("influence", method="fine", mode="self", estimator=estimator)
-        ranking = fine_cli.rank(fine_cli.Influence(arrays=arrays, meta=meta), fdr=0.1)
+        influence = fine_cli.Influence(arrays=arrays, meta=meta)
+        ranking = fine_cli.rank(influence, fdr=0.1, scale=scale)
+        assert ranking.meta["fdr"]["scale_on"] == on, estimator
         assert ("warning" in ranking.meta["fdr"]) == warned, estimator

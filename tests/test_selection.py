@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from fine_cli import selection
 from fine_cli.cli import app
 from fine_cli.estimators import null
 from fine_cli.estimators.fine import ESTIMATOR_FNS
+from fine_cli.stages.rank import TYPICAL_SCALE
 
 runner = CliRunner()
 EXACT = 1e-9
@@ -97,6 +99,69 @@ def test_scale_never_goes_below_the_standard_error() -> None:
     assert selection.select(x, 0.1, stderr=se).selected.sum() <= 2
     # without the floor the narrow spike is taken for the null and its shoulder selected
     assert selection.select(x, 0.1).selected.sum() > 50
+
+
+def _log_scores(rng: np.random.Generator, g: int, frac: float) -> tuple[np.ndarray, ...]:
+    """rb-like scores (G,): typical subsets log-normal (their own heterogeneity, a tail
+    far heavier than normal), a share ``frac`` of atypical ones 4.5 times larger with
+    less spread, and 5% of typical ones at or below 0; stderr (G,) 5% of the score;
+    the atypical mask (G,)."""
+    alt = rng.random(g) < frac
+    scores = np.where(alt, 4.5 * rng.lognormal(-1.2, 0.25, g), rng.lognormal(-1.2, 0.6, g))
+    scores = np.where(~alt & (rng.random(g) < 0.05), -0.01 * rng.random(g), scores)
+    return scores, 0.05 * np.abs(scores), alt
+
+
+def test_the_mode_starts_the_fit_on_the_larger_bump() -> None:
+    rng = np.random.default_rng(11)
+    x = np.concatenate([rng.normal(0.0, 0.3, 6000), rng.normal(1.5, 0.25, 4000)])
+    assert selection.density_mode(x) == pytest.approx(0.0, abs=0.1)
+    fit = selection.fit_typical_null(x)
+    assert fit.fitted and fit.loc == pytest.approx(0.0, abs=FIT_TOL)
+    assert fit.scale == pytest.approx(0.3, abs=FIT_TOL)
+    assert fit.pi0 == pytest.approx(0.6, abs=0.03)  # Storey: twice the share below loc
+
+
+def test_storey_pi0_is_the_share_above_lambda_doubled() -> None:
+    p = np.random.default_rng(12).uniform(size=501) ** 2
+    want = sum(1 for v in p if v >= 0.5) / (0.5 * len(p))
+    assert selection.storey_pi0(p) == pytest.approx(min(1.0, want), rel=EXACT)
+    assert selection.storey_pi0(np.zeros(4)) == 0.25  # never below 1/G
+
+
+def test_log_scale_fits_the_log_scores_and_leaves_non_positive_ones_typical() -> None:
+    rng = np.random.default_rng(13)
+    x, se, _ = _log_scores(rng, 20_000, 0.0)
+    fit = selection.fit_typical_null(x, se, on="log")
+    assert fit.on == "log" and fit.excluded == int((x <= 0).sum()) > 0
+    assert fit.loc == pytest.approx(-1.2, abs=FIT_TOL) and fit.scale == pytest.approx(
+        0.6, abs=FIT_TOL
+    )
+    p = selection.typical_pvalues(x, fit)
+    assert np.all(p[x <= 0] == 1.0)
+    pos = x > 0
+    want = [
+        0.5 * math.erfc((math.log(v) - fit.loc) / fit.scale / math.sqrt(2.0)) for v in x[pos][:50]
+    ]
+    np.testing.assert_allclose(p[pos][:50], want, rtol=1e-9)
+    # the same typical scores on the linear scale: a tail far heavier than the fit's
+    assert selection.select(x, 0.05, stderr=se).selected.sum() > 100
+    assert selection.select(x, 0.05, stderr=se, on="log").selected.sum() <= 5
+    with pytest.raises(ValueError, match="on must"):
+        selection.fit_typical_null(x, se, on="sqrt")
+
+
+@pytest.mark.parametrize("q", [0.01, 0.05, 0.1])
+def test_false_discovery_rate_is_controlled_on_the_log_scale(q: float) -> None:
+    rng = np.random.default_rng(14)
+    fdp, power = [], []
+    for _ in range(CAL_REPS):
+        x, se, alt = _log_scores(rng, 2000, 0.2)
+        sel = selection.select(x, q, stderr=se, on="log").selected
+        fdp.append((sel & ~alt).sum() / max(sel.sum(), 1))
+        power.append((sel & alt).sum() / alt.sum())
+    assert np.mean(fdp) <= q + 2 * np.std(fdp) / math.sqrt(CAL_REPS) + 1e-3
+    assert q < 0.05 or np.mean(power) > 0.3  # at 0.01 the bump lies too close (2.5 sd)
 
 
 def test_typical_pvalues_equal_the_normal_tail() -> None:
@@ -185,6 +250,10 @@ def test_on_samples_the_zero_null_selects_ordinary_subsets_and_typical_does_not(
     assert typical.sum() >= 50 and (typical & ~alt).sum() / typical.sum() <= 0.1
 
 
+def meta_on(ranking: Any) -> str:
+    return str(ranking.meta["fdr"]["scale_on"])
+
+
 def test_rank_fdr_typical_by_default_and_zero_on_request(
     tiny_signals: Path, tmp_path: Path
 ) -> None:
@@ -199,7 +268,9 @@ def test_rank_fdr_typical_by_default_and_zero_on_request(
     assert res.exit_code == 0, res.output
     assert "typical null" in res.output and "ordinary" in res.output
     ranking, influence = load_artifact(str(rk), "ranking"), load_artifact(str(inf), "influence")
-    want = selection.select(influence["scores"][0], 0.2, stderr=influence["stderr"][0])
+    on = TYPICAL_SCALE[influence.meta["estimator"]]  # the default estimator's: log for rb
+    assert meta_on(ranking) == on
+    want = selection.select(influence["scores"][0], 0.2, stderr=influence["stderr"][0], on=on)
     order = ranking["order"]
     np.testing.assert_array_equal(ranking["selected"], want.selected[order])
     np.testing.assert_allclose(ranking["pvalue_typical"], want.pvalue[order])

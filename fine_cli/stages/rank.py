@@ -12,9 +12,11 @@ from fine_cli.estimators.null import min_selectable
 from fine_cli.results import Influence, Ranking, Result, check_shape, make_meta, require_finite
 
 INFLUENCE_REQUIRED = Influence.REQUIRED
-# Estimators whose score distribution the typical null (fine_cli/selection.py) was
-# calibrated on; with rb's, the bulk is narrow and the tail heavy, and it over-selects.
-CALIBRATED_TYPICAL = ("paired",)
+# The scale on which the typical null (fine_cli/selection.py) was calibrated for each
+# estimator's scores (docs/statistics.md, section 8): paired's spread is mostly estimation
+# noise, about normal; rb's is the points' own heterogeneity, about log-normal. Other
+# estimators get the linear scale and a warning.
+TYPICAL_SCALE = {"paired": "linear", "rb": "log"}
 Aggregate = Literal["mean", "sum"]
 
 
@@ -24,6 +26,7 @@ def run(
     aggregate: Aggregate = "mean",
     fdr: float | None = None,
     null: str = "typical",
+    scale: str | None = None,
 ) -> Ranking:
     """Order subsets by score (one test point, or aggregated over all of them).
 
@@ -31,7 +34,8 @@ def run(
     ``fdr`` = q adds ``qvalue`` and ``selected`` (G,), a selection at false discovery
     rate q against ``null`` (fine_cli/selection.py): ``typical`` (more influential than
     a typical subset; adds ``pvalue_typical``) or ``zero`` (any influence at all: BH on
-    the permutation p-values).
+    the permutation p-values). The typical null is fitted on ``scale`` (linear or log;
+    None: the one calibrated for the file's estimator, TYPICAL_SCALE).
     """
     scores = influence["scores"]
     ptr, members = influence["group_ptr"], influence["group_members"]
@@ -52,14 +56,19 @@ def run(
     else:
         col = scores.mean(axis=0) if aggregate == "mean" else scores.sum(axis=0)
         label = aggregate
-    extras, fdr_meta = _per_query_extras(influence, row, fdr, null)
     estimator = influence.meta.get("estimator")
-    if "fdr" in fdr_meta and null == "typical" and estimator not in CALIBRATED_TYPICAL:
+    if scale is not None and scale not in selection.SCALES:
+        raise ConfigError(
+            f"--null-scale must be one of auto, {', '.join(selection.SCALES)}; got {scale!r}."
+        )
+    on = scale or TYPICAL_SCALE.get(str(estimator), "linear")
+    extras, fdr_meta = _per_query_extras(influence, row, fdr, null, on)
+    if "fdr" in fdr_meta and null == "typical" and TYPICAL_SCALE.get(str(estimator)) != on:
+        known = ", ".join(f"{k} on the {v} scale" for k, v in TYPICAL_SCALE.items())
         fdr_meta["fdr"]["warning"] = (
-            f"the typical null is calibrated for the {', '.join(CALIBRATED_TYPICAL)} "
-            f"estimator (docs/statistics.md, section 8); with '{estimator}' it selects far too "
-            "many ordinary points; for a list at a false discovery rate, collect with "
-            "collect.patience=null and estimate with --estimator paired --checkpoints all"
+            f"the typical null is calibrated for {known} (docs/statistics.md, section 8), "
+            f"not for '{estimator}' on the {on} scale: the false discovery rate of this "
+            "list is not checked"
         )
     # Stable sort on -score: equal scores keep their training order (reproducible ties).
     order = np.argsort(-col, kind="stable")
@@ -96,7 +105,11 @@ def run(
 
 
 def _per_query_extras(
-    influence: Result, row: int | None, fdr: float | None, null: str = "typical"
+    influence: Result,
+    row: int | None,
+    fdr: float | None,
+    null: str = "typical",
+    on: str = "linear",
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """stderr, pvalue (and with ``fdr``: qvalue, selected, and for the typical null
     pvalue_typical), each (G,), of query ``row``; and the meta of the selection."""
@@ -139,7 +152,9 @@ def _per_query_extras(
             f"here: {reason}; or use --null zero with the permutation p-values."
         )
     scores = np.asarray(influence["scores"][row], dtype=np.float64)
-    sel = selection.select(scores, fdr, null, stderr=out.get("stderr"), pvalues=out.get("pvalue"))
+    sel = selection.select(
+        scores, fdr, null, stderr=out.get("stderr"), pvalues=out.get("pvalue"), on=on
+    )
     out["qvalue"], out["selected"] = sel.qvalue, sel.selected
     meta: dict[str, Any] = {"q": fdr, "selected": int(sel.selected.sum()), "null": null}
     meta["pi0"] = float(sel.pi0)
@@ -148,6 +163,8 @@ def _per_query_extras(
         fit = sel.fit
         meta.update(
             alternative="greater",
+            scale_on=fit.on,
+            excluded=fit.excluded,
             loc=fit.loc,
             scale=fit.scale,
             fitted_scale=None if np.isnan(fit.fitted_scale) else fit.fitted_scale,
