@@ -320,10 +320,11 @@ def test_fdr_with_the_typical_null_takes_the_estimators_scale_and_warns_outside_
         "group_ptr": np.arange(n + 1),
         "group_members": np.arange(n),
     }
-    cases = (("rb", None, "log", False), ("paired", None, "linear", False))
-    cases += (("rb", "linear", "linear", True), ("alg2", None, "linear", True))
-    for estimator, scale, on, warned in cases:
-        meta = make_meta("influence", method="fine", mode="self", estimator=estimator)
+    cases = (("self", "rb", None, "log", False), ("self", "paired", None, "linear", False))
+    cases += (("self", "rb", "linear", "linear", True), ("self", "alg2", None, "linear", True))
+    cases += (("test", "rb", None, "linear", True),)  # signed scores: not calibrated
+    for mode, estimator, scale, on, warned in cases:
+        meta = make_meta("influence", method="fine", mode=mode, estimator=estimator)
         influence = fine_cli.Influence(arrays=arrays, meta=meta)
         ranking = fine_cli.rank(influence, fdr=0.1, scale=scale)
         assert ranking.meta["fdr"]["scale_on"] == on, estimator

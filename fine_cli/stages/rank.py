@@ -13,9 +13,10 @@ from fine_cli.results import Influence, Ranking, Result, check_shape, make_meta,
 
 INFLUENCE_REQUIRED = Influence.REQUIRED
 # The scale on which the typical null (fine_cli/selection.py) was calibrated for each
-# estimator's scores (docs/statistics.md, section 8): paired's spread is mostly estimation
-# noise, about normal; rb's is the points' own heterogeneity, about log-normal. Other
-# estimators get the linear scale and a warning.
+# estimator's self-mode scores (docs/statistics.md, section 8): paired's spread is mostly
+# estimation noise, about normal; rb's is the points' own heterogeneity, about
+# log-normal. Other estimators, and test mode (signed scores, not calibrated), get the
+# linear scale and a warning.
 TYPICAL_SCALE = {"paired": "linear", "rb": "log"}
 Aggregate = Literal["mean", "sum"]
 
@@ -61,14 +62,17 @@ def run(
         raise ConfigError(
             f"--null-scale must be one of auto, {', '.join(selection.SCALES)}; got {scale!r}."
         )
-    on = scale or TYPICAL_SCALE.get(str(estimator), "linear")
+    self_mode = influence.meta.get("mode") == "self"
+    calibrated = TYPICAL_SCALE.get(str(estimator)) if self_mode else None
+    on = scale or calibrated or "linear"
     extras, fdr_meta = _per_query_extras(influence, row, fdr, null, on)
-    if "fdr" in fdr_meta and null == "typical" and TYPICAL_SCALE.get(str(estimator)) != on:
+    if "fdr" in fdr_meta and null == "typical" and calibrated != on:
         known = ", ".join(f"{k} on the {v} scale" for k, v in TYPICAL_SCALE.items())
+        what = f"'{estimator}' on the {on} scale" if self_mode else "test mode"
         fdr_meta["fdr"]["warning"] = (
-            f"the typical null is calibrated for {known} (docs/statistics.md, section 8), "
-            f"not for '{estimator}' on the {on} scale: the false discovery rate of this "
-            "list is not checked"
+            f"the typical null is calibrated for self-mode scores of {known} "
+            f"(docs/statistics.md, section 8), not for {what}: the false discovery rate "
+            "of this list is not checked"
         )
     # Stable sort on -score: equal scores keep their training order (reproducible ties).
     order = np.argsort(-col, kind="stable")
