@@ -4,7 +4,7 @@ known mislabels and on synthetic signals; a markdown table and docs/statistics-f
 
 Input, in each RUNS directory (default runs/fdr_rb), per label-noise rate R and seed S:
   sig-R-S.npz    fine train-collect configs/quickstart.yaml --set seed=S --set data.label_noise=R
-  inf-R-S.npz    fine estimate sig-R-S.npz              (the defaults: rb, B = 200, K = 999)
+  inf-R-S.npz    fine estimate sig-R-S.npz --permutations 999  (rb, B = 200; K for the zero null)
   truth-R.npz    fine validate ... --set data.label_noise=R --save-truth truth-R.npz
 The flipped points are the true discoveries. A clean point whose retraining mu_true is
 at least the median mu_true of the flipped points (the AUC cap on these runs) is
@@ -115,7 +115,8 @@ def real_rows(runs: Path) -> dict[tuple[str, str], np.ndarray]:
         mu = np.load(runs / f"truth-{r}.npz")["mu_true"]
         for s in SEEDS:
             inf = load_artifact(str(runs / f"inf-{r}-{s}.npz"), "influence")
-            x, se, p = inf["scores"][0], inf["stderr"][0], inf["pvalue"][0]
+            x, se = inf["scores"][0], inf["stderr"][0]
+            p = inf["pvalue"][0] if "pvalue" in inf else np.ones_like(x)  # zero null: none
             estimator = str(inf.meta.get("estimator"))
             flip = inf["flip_mask"].astype(bool)
             amb = (~flip) & (mu >= np.median(mu[flip])) if flip.any() else np.zeros_like(flip)
