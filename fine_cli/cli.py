@@ -243,7 +243,12 @@ def estimate(
         int, typer.Option(min=0, help="f-INE: bootstrap draws for a standard error; 0 = none.")
     ] = _EST.bootstrap,
     permutations: Annotated[
-        int, typer.Option(min=0, help="f-INE: with/without swaps for p-values; 0 = none.")
+        int,
+        typer.Option(
+            min=0,
+            help="f-INE: with/without swaps for p-values, e.g. 999 (rank --fdr --null zero "
+            "needs them); 0 = none.",
+        ),
     ] = _EST.permutations,
     alternative: Annotated[
         str, typer.Option(help="f-INE p-values: two-sided, greater or less.")

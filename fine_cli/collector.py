@@ -66,7 +66,9 @@ class Collector:
         loader_kwargs: passed to the ``DataLoader`` (e.g. ``num_workers``).
         moments: self mode: also record, for the main model, the sum over each probe batch
             of every point's squared inner products ``<g(z), g(z_j)>^2`` (``ip2``), what the
-            default estimator rb needs (one Gram block of each chunk with the probe points).
+            default estimator rb needs: in the same pass as the inner products, from the
+            Gram block of each chunk with the probe points (``GradEngine.per_sample``'s
+            ``squares``).
         heldout: held-out ``(x, y)`` points whose mean loss under the main model is recorded
             at every checkpoint (``heldout_loss``): what ``--checkpoints auto`` reads.
         patience: with ``heldout``, stop collecting (``checkpoint()`` does nothing, and
@@ -209,14 +211,15 @@ class Collector:
                 rec["probe_sqnorm"][mi].flat[j] = float(sum((v.double() ** 2).sum() for v in vec))
             for s0, xc, yc in self._chunks():
                 s1 = s0 + xc.shape[0]
-                res = engine.per_sample(xc, yc, batches=prepared)
+                squares = self.moments and mi == MAIN  # ip2 from the same pass's Gram blocks
+                res = engine.per_sample(xc, yc, batches=prepared, squares=squares)
                 _require_finite(res, len(self.records) + 1)
                 rec["sqnorm"][mi, s0:s1] = res.sqnorm.cpu().numpy()
                 rec["ip"][mi, :, :, s0:s1] = res.ips.reshape(self.r, 2, -1).cpu().numpy()
                 rec["loss"][mi, s0:s1] = res.loss.cpu().numpy()
                 rec["margin"][mi, s0:s1] = res.margin.cpu().numpy()
-                if self.moments and mi == MAIN:
-                    rec["ip2"][..., s0:s1] = _squared_ips(engine, xc, yc, batches, self.r)
+                if res.squares is not None:
+                    rec["ip2"][..., s0:s1] = res.squares.reshape(self.r, 2, -1).cpu().numpy()
                 if self.queries is not None:
                     xq, yq = self.queries
                     rec["gram"][mi, :, s0:s1] = engine.gram(xq, yq, xc, yc).cpu().numpy()
@@ -459,23 +462,6 @@ def _empty_record(r: int, n: int, m: int, models: int = 2) -> dict[str, np.ndarr
             gram=np.zeros((models, m, n), f32),
         )
     return rec
-
-
-def _squared_ips(
-    engine: GradEngine,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
-    r: int,
-) -> np.ndarray:
-    """(R, 2, c) sum over each probe batch of <g(z_i), g(z_j)>^2 for the c points of a chunk,
-    from the (c, 2Rb) Gram block of the chunk with all probe points."""
-    xp = torch.cat([b[0] for b in batches])
-    yp = torch.cat([b[1] for b in batches])
-    gram = engine.gram(x, y, xp, yp).double()  # (c, 2Rb)
-    sizes = [b[0].shape[0] for b in batches]
-    sq = torch.stack([blk.pow(2).sum(dim=1) for blk in torch.split(gram, sizes, dim=1)])
-    return sq.reshape(r, 2, -1).cpu().numpy()
 
 
 def _mean_loss(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -276,7 +276,10 @@ class EstimateConfig(_Closed):
         200, ge=0, description="Block-bootstrap draws for each f-INE score's standard error."
     )
     permutations: int = Field(
-        999, ge=0, description="Within-checkpoint with/without swaps for f-INE p-values."
+        0,
+        ge=0,
+        description="Within-checkpoint with/without swaps for f-INE p-values; 0 = none "
+        "(p-values on request, e.g. 999 for rank --fdr --null zero).",
     )
     alternative: Alternative = Field(
         "two-sided", description="Side of the permutation test: two-sided, greater or less."

@@ -23,6 +23,8 @@ SKETCH_SE = 4.0
 SKETCH_K = 4096
 SKETCH_NORM_TOL = 0.25
 CHUNKS = (1, 3, 10_000)
+# Squares of inner products: their relative error is twice the inner products'.
+SQUARED = 2.0
 
 # torch notes that an even kernel under padding="same" pads a copy; that layer is on purpose
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
@@ -314,6 +316,13 @@ def check_engine(
         want = torch.stack([v_flat[0], gb.sum(0), gb[:2].sum(0)]) @ ga.T
         assert_close(mixed.ips, want, tol)
         assert_close(mixed.sqnorm, (ga * ga).sum(1), tol)
+        # each batch's squared inner products, from the same pass; the rest unchanged
+        squared = engine.per_sample(xa, ya, vectors[:1], batches=probes, squares=True)
+        assert mixed.squares is None and squared.squares is not None
+        assert torch.equal(squared.ips, mixed.ips) and torch.equal(squared.sqnorm, mixed.sqnorm)
+        block = gb @ ga.T  # (b, n)
+        want_sq = torch.stack([(block**2).sum(0), (block[:2] ** 2).sum(0)])
+        assert_close(squared.squares, want_sq, SQUARED * tol)
         bare = engine.per_sample(xa, ya)  # no vectors: other per-layer routes for conv
         assert bare.ips.shape == (0, xa.shape[0])
         assert_close(bare.sqnorm, (ga * ga).sum(1), tol)

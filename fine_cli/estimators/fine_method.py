@@ -15,6 +15,8 @@ from fine_cli.estimators.fine import (
     ESTIMATOR_FNS,
     MOMENT_ESTIMATORS,
     NEEDS_AUX,
+    SCALE_REL,
+    SCALE_TINY,
     clip_bounds,
     influence_rb,
 )
@@ -105,18 +107,50 @@ def _rb_statistics(sig: SignalView, opts: EstimateOptions) -> dict[str, np.ndarr
 
 def _rb_bootstrap_se(m: np.ndarray, v: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """(P,) sd over the draws ``cols`` (B, C) of checkpoints of rb's score; nan with fewer
-    than null.MIN_SE_CHECKPOINTS checkpoints (2 give 3 distinct draws)."""
-    if m.shape[1] < null.MIN_SE_CHECKPOINTS:
-        return np.full(m.shape[0], np.nan)
+    than null.MIN_SE_CHECKPOINTS checkpoints (2 give 3 distinct draws).
+
+    rb is a function of each draw's means of m, v and m^2, so the B draws are three matrix
+    products with the draws' checkpoint counts, not B explicit (P, C) resamplings; m is
+    centred on its row mean first, so that var = mean(m^2) - mean(m)^2 does not cancel.
+    """
+    p, c = m.shape
+    if c < null.MIN_SE_CHECKPOINTS:
+        return np.full(p, np.nan)
     n_boot = cols.shape[0]
-    step = max(1, null.CHUNK_ELEMS // max(1, n_boot * m.shape[1]))
+    counts = np.zeros((n_boot, c), dtype=np.float64)  # (B, C) times checkpoint c is drawn
+    np.add.at(counts, (np.arange(n_boot)[:, None], cols), 1.0)
+    weights = counts.T / c  # (C, B): a draw's mean is a product with its column
+    step = max(1, null.CHUNK_ELEMS // max(1, n_boot))
+    out = np.empty(p, dtype=np.float64)
+    for s in range(0, p, step):
+        mb, vb = m[s : s + step], v[s : s + step]
+        centre = mb.mean(axis=1, keepdims=True)
+        mc = mb - centre
+        mean_c = mc @ weights  # (p, B)
+        var = np.maximum((mc * mc) @ weights - mean_c**2, 0.0)
+        scale = np.sqrt(np.maximum(vb @ weights + var, 0.0))
+        # influence_rb floors the scale by the draw's own max |m|; the row's max bounds it,
+        # so a draw above the row's floor is exact, and rows with one below are redone
+        floor = SCALE_REL * np.abs(mb).max(axis=1, keepdims=True) + SCALE_TINY
+        draws = np.sqrt(2.0) * (mean_c + centre) / np.maximum(scale, floor)
+        low = (scale < floor).any(axis=1)
+        if low.any():
+            draws[low] = _rb_draws(mb[low], vb[low], cols)
+        out[s : s + step] = draws.std(axis=1, ddof=1)
+    return out
+
+
+def _rb_draws(m: np.ndarray, v: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(P, B) rb of each explicit draw ``cols`` (B, C) of checkpoints."""
+    n_boot, c = cols.shape
+    step = max(1, null.CHUNK_ELEMS // max(1, n_boot * c))
     out = []
     for s in range(0, m.shape[0], step):
         mb, vb = m[s : s + step][:, cols], v[s : s + step][:, cols]  # (p, B, C)
         p = mb.shape[0]
         draws = influence_rb(mb.reshape(p * n_boot, -1), vb.reshape(p * n_boot, -1))
-        out.append(draws.reshape(p, n_boot).std(axis=1, ddof=1))
-    return np.concatenate(out)
+        out.append(draws.reshape(p, n_boot))
+    return np.concatenate(out) if out else np.empty((0, n_boot))
 
 
 def fine_statistics(sig: SignalView, opts: EstimateOptions | None = None) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ class EstimateOptions:
     # first K checkpoints only (every method); "auto": up to the held-out loss minimum
     checkpoints: int | str | None = _DEFAULTS.checkpoints
     bootstrap: int = _DEFAULTS.bootstrap  # block-bootstrap draws for stderr; 0 = none
-    permutations: int = _DEFAULTS.permutations  # swap patterns for p-values; 0 = none
+    permutations: int = _DEFAULTS.permutations  # swap patterns for p-values; 0 = none (default)
     alternative: str = _DEFAULTS.alternative  # two-sided, greater or less
     seed: int = _DEFAULTS.seed  # of the bootstrap and swap draws
 

@@ -45,6 +45,8 @@ class PerSample:
     margin: Tensor  # (n,) the task's margin (classification: true logit - best other)
     sqnorm: Tensor  # (n,) ||g(z_i)||^2
     ips: Tensor  # (K, n) <g(z_i), v_k>
+    # (L, n) sum_{j in batch l} <g(z_i), g(z_j)>^2, when per_sample(..., squares=True)
+    squares: Tensor | None = None
 
 
 @dataclass
@@ -140,6 +142,7 @@ class GradEngine:
         y: Tensor,
         vectors: Sequence[Sequence[Tensor]] = (),
         batches: Sequence[tuple[Tensor, Tensor]] | ProbeBatches = (),
+        squares: bool = False,
     ) -> PerSample:
         """Loss, margin, ``||g(z_i)||^2`` and inner products for ``n`` points.
 
@@ -152,15 +155,22 @@ class GradEngine:
         small batches: ``b (d_in + d_out)`` against ``d_in d_out`` flops per point).
         ``batches`` may also be what :meth:`probe_batches` returned, so that calls over
         chunks of a large set capture the batches once.
+
+        ``squares=True`` also returns ``squares`` ``(L, n)``: each batch's sum of squared
+        inner products ``sum_{j in batch} <g(z_i), g(z_j)>^2``, from the ``(n, b_total)``
+        Gram block of the points with all batch points, summed over layers in the same pass
+        (the layers on the Gram route reuse their block; the others add theirs).
         """
         x, y = self._inputs(x, y, "x", "y")
         vecs = self._vectors(vectors)
         probes: Sequence[tuple[Tensor, Tensor]] | ProbeBatches = batches
         if not isinstance(batches, ProbeBatches):
             probes = [self._inputs(xb, yb, "batches.x", "batches.y") for xb, yb in batches]
+        if squares and not probes:
+            raise ValueError("squares: needs batches, whose points the squares run over.")
         with self._eval():
             self._size(x)
-            return self._retrying(lambda: self._per_sample(x, y, vecs, probes))
+            return self._retrying(lambda: self._per_sample(x, y, vecs, probes, squares))
 
     def probe_batches(self, batches: Sequence[tuple[Tensor, Tensor]]) -> ProbeBatches:
         """The ``L`` batches ``(xb, yb)`` prepared once (their factors captured) for many
@@ -328,6 +338,7 @@ class GradEngine:
         y: Tensor,
         vecs: list[list[Tensor]],
         probes: Sequence[tuple[Tensor, Tensor]] | ProbeBatches,
+        squares: bool = False,
     ) -> PerSample:
         probe: ProbeBatches | None = None
         if isinstance(probes, ProbeBatches):
@@ -339,11 +350,14 @@ class GradEngine:
         n_b = len(probe.probes) if probe is not None else 0
         loss, margin, sq = self._zeros(n), self._zeros(n), self._zeros(n)
         ips = self._zeros(k + n_b, n)
+        squared = self._zeros(n_b, n) if squares else None
         stacked: dict[int, Tensor | None] = {}  # per unit: its slice of the vectors, built once
         for s0 in range(0, n, self.chunk_size):
             s1 = min(n, s0 + self.chunk_size)
             cap = self._capture(x[s0:s1], y[s0:s1])
             loss[s0:s1], margin[s0:s1] = cap.loss, cap.margin
+            # (c, b_total) <g(z_i), g(z_j)> with every batch point, summed over the units
+            block = self._zeros(s1 - s0, probe.b_total) if probe is not None and squares else None
             for j, (u, f) in enumerate(zip(self._all_units(), cap.factors, strict=True)):
                 if f is None:
                     continue
@@ -357,13 +371,24 @@ class GradEngine:
                     )
                 s, ip = f.sqnorm_ips(stacked[j], self.work_bytes)
                 sq[s0:s1] += s
+                unit_gram = probe.gram(j, f) if probe is not None and (by_gram or squares) else None
                 if by_gram:
-                    assert probe is not None
+                    assert probe is not None and unit_gram is not None
                     ips[:k, s0:s1] += ip
-                    ips[k:, s0:s1] += probe.gram_ips(j, f)
+                    ips[k:, s0:s1] += probe.segment_sums(unit_gram)
                 else:
                     ips[:, s0:s1] += ip
-        return PerSample(loss.float(), margin.float(), sq.float(), ips.float())
+                if block is not None and unit_gram is not None:
+                    block += unit_gram
+            if squared is not None and block is not None and probe is not None:
+                squared[:, s0:s1] = probe.segment_sums(block.double() ** 2)
+        return PerSample(
+            loss.float(),
+            margin.float(),
+            sq.float(),
+            ips.float(),
+            None if squared is None else squared.float(),
+        )
 
     def _gram(self, xa: Tensor, ya: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
         na, nb, c = xa.shape[0], xb.shape[0], self.gram_chunk_size
@@ -563,12 +588,17 @@ class ProbeBatches:
             self._route[j] = ok
         return self._route[j]
 
-    def gram_ips(self, j: int, f: Factor) -> Tensor:
-        """``(L, c)``: ``<g(z_i), sum_{j in batch l} g(z_j)>`` for unit ``j``, chunk ``f``."""
+    def gram(self, j: int, f: Factor) -> Tensor:
+        """``(c, b_total)``: unit ``j``'s ``<g(z_i), g(z_j)>`` of chunk ``f`` with every
+        batch point (zeros where the layer's output does not reach the batches' loss)."""
         bf = self.capture.factors[j]
-        if bf is None:  # the layer's output does not reach the batches' loss
-            return self.engine._zeros(len(self.probes), f.n)
-        return (f.gram(bf, self.engine.work_bytes) @ self.segments).T
+        if bf is None:
+            return self.engine._zeros(f.n, self.b_total)
+        return f.gram(bf, self.engine.work_bytes)
+
+    def segment_sums(self, block: Tensor) -> Tensor:
+        """``(L, c)``: each batch's sum of the columns of ``block`` ``(c, b_total)``."""
+        return (block @ self.segments.to(block.dtype)).T
 
 
 def _named(unit: _Unit, v: list[Tensor]) -> dict[str, Tensor]:

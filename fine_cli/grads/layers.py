@@ -91,9 +91,15 @@ def _outer(a: Tensor, d: Tensor, names: tuple[str, ...]) -> OuterFactor:
     """Linear layer: ``a`` ``(n, T, in)``, ``d`` ``(n, T, out)``; positions are ``T``."""
     n, t, d_in = a.shape
     width = (d_in if "weight" in names else 0) + (1 if "bias" in names else 0)
+    # the squared norms and the probe Gram block usually ask for the same rows in turn:
+    # the last block is kept so that its column of ones is appended once, not twice
+    last: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
 
     def rows(s0: int, s1: int) -> tuple[Tensor, Tensor]:
-        return _with_ones(a[s0:s1], names), d[s0:s1]
+        if (s0, s1) not in last:
+            last.clear()
+            last[(s0, s1)] = _with_ones(a[s0:s1], names), d[s0:s1]
+        return last[(s0, s1)]
 
     return OuterFactor(n, t, width, d.shape[2], rows, names, d.dtype, d.device)
 
