@@ -134,7 +134,8 @@ def _per_query_extras(
         raise ConfigError(
             "--fdr --null typical needs bootstrap standard errors (stderr), which this "
             "influence file lacks; re-run fine estimate with --method fine and --bootstrap B "
-            "(B >= 2; 200 by default), or use --null zero with its p-values."
+            "(B >= 2; 200 by default), or use --null zero with p-values from fine estimate "
+            "--permutations K."
             if null == "typical"
             else "--fdr --null zero needs p-values, which this influence file lacks; re-run "
             "fine estimate with --method fine and --permutations K (K > 0)."
@@ -153,7 +154,8 @@ def _per_query_extras(
         reason = (influence.meta.get("undefined") or {}).get("stderr", "they are nan")
         raise ConfigError(
             f"--fdr --null typical needs the scores' standard errors, which are undefined "
-            f"here: {reason}; or use --null zero with the permutation p-values."
+            f"here: {reason}; or use --null zero with p-values from fine estimate "
+            "--permutations K."
         )
     scores = np.asarray(influence["scores"][row], dtype=np.float64)
     sel = selection.select(
