@@ -156,17 +156,25 @@ def fit_typical_null(
     (see the module text); ``stderr`` (G,), the scores' bootstrap standard errors, sets
     the floor of the scale: the median standard error of the subsets inside the current
     window."""
+    return _fit_and_pvalues(scores, stderr, on)[0]
+
+
+def _fit_and_pvalues(
+    scores: np.ndarray, stderr: np.ndarray | None, on: str
+) -> tuple[EmpiricalNull, np.ndarray]:
+    """:func:`fit_typical_null` and the scores' p-values (G,) under it, computed once."""
     if on not in SCALES:
         raise ValueError(f"on must be one of {', '.join(SCALES)}, got {on!r}")
     x = np.asarray(scores, dtype=np.float64)
+    se = None if stderr is None else np.asarray(stderr, dtype=np.float64)
     if on == "linear":
-        fit = _fit_normal(x, None if stderr is None else np.asarray(stderr, dtype=np.float64))
-        return dataclasses.replace(fit, pi0=storey_pi0(typical_pvalues(x, fit)))
-    keep = x > 0.0
-    se = None if stderr is None else np.asarray(stderr, dtype=np.float64)[keep] / x[keep]
-    fit = _fit_normal(np.log(x[keep]), se)
-    fit = dataclasses.replace(fit, on="log", excluded=int(x.size - keep.sum()))
-    return dataclasses.replace(fit, pi0=storey_pi0(typical_pvalues(x, fit)))
+        fit = _fit_normal(x, se)
+    else:
+        keep = x > 0.0
+        fit = _fit_normal(np.log(x[keep]), None if se is None else se[keep] / x[keep])
+        fit = dataclasses.replace(fit, on="log", excluded=int(x.size - keep.sum()))
+    p = typical_pvalues(x, fit)
+    return dataclasses.replace(fit, pi0=storey_pi0(p)), p
 
 
 def storey_pi0(pvalues: np.ndarray) -> float:
@@ -279,7 +287,6 @@ def select(
         return Selection(qv <= q, qv, p, "zero", "linear", 1.0, None)
     if null != "typical":
         raise ValueError(f"null must be one of {', '.join(NULLS)}, got {null!r}")
-    fit = fit_typical_null(scores, stderr, on)
-    p = typical_pvalues(scores, fit)
+    fit, p = _fit_and_pvalues(scores, stderr, on)
     qv = storey_qvalues(p, fit.pi0)
     return Selection(qv <= q, qv, p, "typical", on, fit.pi0, fit)

@@ -3,7 +3,7 @@ errors and permutation p-values (:mod:`.null`), for every (query, subset) pair."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -34,27 +34,31 @@ from fine_cli.registry import Method, register
 QUERY_CHUNK = 8
 
 
-def sample_blocks(sig: SignalView) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """X, Y (P, N) blocks in score order: all subsets (self mode), or QUERY_CHUNK queries
-    at a time x all subsets (test mode, rows query-major)."""
+def _blocks(
+    sig: SignalView,
+    whole: Callable[[SignalView], tuple[np.ndarray, np.ndarray]],
+    queries: Callable[[SignalView, slice], tuple[np.ndarray, np.ndarray]],
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pairs of (P, K) blocks in score order: ``whole(sig)`` for all subsets (self mode),
+    or ``queries(sig, rows)``'s (q, G, K) arrays QUERY_CHUNK queries at a time x all
+    subsets (test mode, rows query-major)."""
     if sig.mode == "self":
-        yield self_samples(sig)
+        yield whole(sig)
         return
     for start in range(0, sig.n_queries, QUERY_CHUNK):
-        x, y = query_samples(sig, slice(start, start + QUERY_CHUNK))
-        q, g, n = x.shape
-        yield x.reshape(q * g, n), y.reshape(q * g, n)
+        a, b = queries(sig, slice(start, start + QUERY_CHUNK))
+        q, g, k = a.shape
+        yield a.reshape(q * g, k), b.reshape(q * g, k)
+
+
+def sample_blocks(sig: SignalView) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """X, Y (P, N) blocks in score order (see :func:`_blocks`)."""
+    return _blocks(sig, self_samples, query_samples)
 
 
 def moment_blocks(sig: SignalView) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """m, v (P, C) blocks in score order, as :func:`sample_blocks` (estimator rb)."""
-    if sig.mode == "self":
-        yield self_moments(sig)
-        return
-    for start in range(0, sig.n_queries, QUERY_CHUNK):
-        m, v = query_moments(sig, slice(start, start + QUERY_CHUNK))
-        q, g, c = m.shape
-        yield m.reshape(q * g, c), v.reshape(q * g, c)
+    return _blocks(sig, self_moments, query_moments)
 
 
 def check_estimator(sig: SignalView, estimator: str) -> None:
