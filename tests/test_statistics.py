@@ -203,6 +203,43 @@ def test_pvalues_count_the_observed_value_in() -> None:
     np.testing.assert_allclose(null.permutation_pvalues(obs, draws, "two-sided"), [0.8, 1.0, 0.4])
 
 
+@pytest.mark.parametrize("name", ["alg2", "auc", "std", "paired"])
+@pytest.mark.parametrize("alternative", ["two-sided", "greater", "less"])
+def test_permutation_test_equals_pvalues_of_the_whole_null(
+    name: str, alternative: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the chunked test (paired: from sums of D alone) against the (P, K) null held whole
+    rng = np.random.default_rng(21)
+    x, y = rng.normal(0.3, 1, (9, 12)), rng.normal(0, 1, (9, 12))
+    x[:3] += 1.5  # rows with an effect either way, so that small p-values occur
+    x[3:6] -= 1.8
+    swaps = null.swap_masks(12, 40, rng)
+    fn = ESTIMATOR_FNS[name]
+    whole = null.permutation_pvalues(
+        fn(x, y, 2), null.permutation_null(x, y, fn, 2, swaps), alternative
+    )
+    monkeypatch.setattr(null, "CHUNK_ELEMS", 60)  # several chunks of rows
+    np.testing.assert_array_equal(null.permutation_test(x, y, fn, 2, swaps, alternative), whole)
+    assert whole.min() < 0.1 < whole.max()
+
+
+def test_paired_permutation_test_counts_ties_of_the_sum() -> None:
+    # integer contrasts: many draws tie with the observed sum; a tie counts as extreme
+    rng = np.random.default_rng(22)
+    d = rng.integers(-2, 3, (30, 8))
+    swaps = null.swap_masks(8, 99, rng)
+    signs = np.where(swaps, -1, 1)
+    ref = []
+    for row in d:
+        obs, draws = int(row.sum()), [int((s * row).sum()) for s in signs]
+        ge = (1 + sum(t >= obs for t in draws)) / 100
+        le = (1 + sum(t <= obs for t in draws)) / 100
+        ref.append(min(1.0, 2 * min(ge, le)))
+    x, y = d.astype(np.float64), np.zeros(d.shape)
+    got = null.permutation_test(x, y, ESTIMATOR_FNS["paired"], 1, swaps, "two-sided")
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+
+
 def _null_signals(rows: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """X, Y exchangeable within each pair (no effect), with a trend and a shared
     per-checkpoint component as in real signals."""

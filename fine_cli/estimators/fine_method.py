@@ -102,9 +102,8 @@ def _rb_statistics(sig: SignalView, opts: EstimateOptions) -> dict[str, np.ndarr
         swaps = null.swap_masks(sig.n_samples, opts.permutations, perm_rng)
         paired = ESTIMATOR_FNS["paired"]
         for x, y in sample_blocks(sig):
-            draws = null.permutation_null(x, y, paired, sig.n_repeats, swaps)
-            obs = paired(x, y, sig.n_repeats)
-            parts["pvalue"].append(null.permutation_pvalues(obs, draws, opts.alternative))
+            test = null.permutation_test(x, y, paired, sig.n_repeats, swaps, opts.alternative)
+            parts["pvalue"].append(test)
     q = 1 if sig.mode == "self" else sig.n_queries
     return {k: np.concatenate(v).reshape(q, -1) for k, v in parts.items() if v}
 
@@ -178,8 +177,7 @@ def fine_statistics(sig: SignalView, opts: EstimateOptions | None = None) -> dic
         if cols is not None:
             parts["stderr"].append(null.bootstrap_se(x, y, fn, r, cols))
         if swaps is not None:
-            draws = null.permutation_null(x, y, fn, r, swaps)
-            parts["pvalue"].append(null.permutation_pvalues(obs, draws, opts.alternative))
+            parts["pvalue"].append(null.permutation_test(x, y, fn, r, swaps, opts.alternative))
     q = 1 if sig.mode == "self" else sig.n_queries
     return {k: np.concatenate(v).reshape(q, -1) for k, v in parts.items() if v}
 

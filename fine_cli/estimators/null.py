@@ -132,6 +132,51 @@ def permutation_null(
     return out
 
 
+def permutation_test(
+    x: np.ndarray,
+    y: np.ndarray,
+    fn: EstimatorFn,
+    r: int,
+    swaps: np.ndarray,
+    alternative: str,
+) -> np.ndarray:
+    """(P,) p-values of ``fn(x, y, r)`` against its permutation null under ``swaps`` (K, N):
+    ``permutation_pvalues(fn(x, y, r), permutation_null(x, y, fn, r, swaps), alternative)``
+    computed a chunk of rows at a time, so that the (P, K) null is never held whole (at
+    60,000 subsets and K = 999 it is 480 MB).
+
+    ``paired`` needs only the sums of D = X - Y: a swap flips the sign of D_j and leaves
+    D_j^2, so every draw has the same sum of squares s2, and paired = sqrt(2) (s1/n) /
+    max(sd, floor) with sd^2 = (s2 - s1^2/n) / (n - 1) increases strictly with s1 (for
+    s1 > 0 the numerator grows and the scale shrinks; it is odd in s1). Comparing the
+    draws' s1 with the observed one is then the same test, without the (P, K) arithmetic;
+    the observed s1 is the product with a row of ones, by the same arithmetic as the draws'.
+    """
+    p, n = x.shape
+    k = swaps.shape[0]
+    if fn is influence_paired:
+        signs = np.vstack([np.ones((1, n)), 1.0 - 2.0 * swaps])  # (K+1, N), row 0 observed
+        step = _rows_per_chunk(k + 1, 1)
+        out = np.empty(p, dtype=np.float64)
+        for s in range(0, p, step):
+            sums = (x[s : s + step] - y[s : s + step]) @ signs.T  # (p, K+1)
+            out[s : s + step] = permutation_pvalues(sums[:, 0], sums[:, 1:], alternative)
+        return out
+    keep = (~swaps).astype(np.float64)
+
+    def draws(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if fn in _MOMENT_FORMS:
+            return _moment_draws(fn, a, b, keep, 1.0 - keep, swap_only=True)
+        return permutation_null(a, b, fn, r, swaps)
+
+    step = _rows_per_chunk(k, 1 if fn in _MOMENT_FORMS else n)
+    out = np.empty(p, dtype=np.float64)
+    for s in range(0, p, step):
+        a, b = x[s : s + step], y[s : s + step]
+        out[s : s + step] = permutation_pvalues(fn(a, b, r), draws(a, b), alternative)
+    return out
+
+
 def _moment_draws(
     fn: EstimatorFn,
     x: np.ndarray,
@@ -217,14 +262,17 @@ def permutation_pvalues(observed: np.ndarray, null: np.ndarray, alternative: str
     min(1, 2 min(p_greater, p_less)).
     """
     k = null.shape[1]
-    ge = (1.0 + (null >= observed[:, None]).sum(axis=1)) / (k + 1.0)
-    le = (1.0 + (null <= observed[:, None]).sum(axis=1)) / (k + 1.0)
+    obs = observed[:, None]
+
+    def share(extreme: np.ndarray) -> np.ndarray:
+        return (1.0 + extreme.sum(axis=1)) / (k + 1.0)
+
     if alternative == "greater":
-        return ge
+        return share(null >= obs)
     if alternative == "less":
-        return le
+        return share(null <= obs)
     if alternative == "two-sided":
-        return np.minimum(1.0, 2.0 * np.minimum(ge, le))
+        return np.minimum(1.0, 2.0 * np.minimum(share(null >= obs), share(null <= obs)))
     raise ValueError(f"alternative must be two-sided, greater or less, got {alternative!r}")
 
 

@@ -100,34 +100,73 @@ class SignalView:
     def n_subsets(self) -> int:
         return int(self.groups()[0].shape[0] - 1)
 
+    def probe_slots(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every probe-batch slot that holds one of this view's points: its checkpoint,
+        repeat and side, and the point's position among the n_train, four (E,) arrays."""
+        ci, ri, ki, _ = np.indices(self.probe_idx.shape)
+        return ci.ravel(), ri.ravel(), ki.ravel(), np.asarray(self.probe_idx).ravel()
+
     def probe_counts(self) -> np.ndarray:
         """(C, R, 2, n) how many times each training point appears in each probe batch."""
         c, r, two, _ = self.probe_idx.shape
         counts = np.zeros((c, r, two, self.n_train), dtype=np.float64)
-        ci, ri, ki, _ = np.indices(self.probe_idx.shape)
-        np.add.at(counts, (ci, ri, ki, self.probe_idx), 1.0)
+        np.add.at(counts, self.probe_slots(), 1.0)
         return counts
 
 
+def probe_entries(sig: SignalView, side: int) -> tuple[np.ndarray, ...]:
+    """The non-zero entries of ``sig.probe_counts()[:, :, side]``, once each: checkpoint,
+    repeat and point indices and the count, four (E,) arrays. A probe batch holds b of
+    the n points, so the corrections that S's own appearances call for touch C*R*b entries,
+    not C*R*n."""
+    r, n = sig.n_repeats, sig.n_train
+    ci, ri, ki, ji = sig.probe_slots()
+    on = ki == side
+    keys, counts = np.unique((ci[on] * r + ri[on]) * n + ji[on], return_counts=True)
+    ci, rest = np.divmod(keys, r * n)
+    ri, ji = np.divmod(rest, n)
+    return ci, ri, ji, counts.astype(np.float64)
+
+
 def self_samples(sig: SignalView) -> tuple[np.ndarray, np.ndarray]:
-    """Self mode (q = z_i, S = {z_i}): X = O~, Y = O~', each (n, C*R) float64."""
+    """Self mode (q = z_i, S = {z_i}): X = O~, Y = O~', each (n, C*R) float64.
+
+    With k z's count in a probe batch (0 for all but b of the n points), s = ||g(z)||^2
+    and ip its inner product with the batch's sum:
+
+        O = (ip - k s + s) / (b - k + 1),    O' = (ip - k s) / max(b - k, 1)
+
+    computed for k = 0 over all points, then redone at the entries where k > 0 (the same
+    arithmetic as on the whole (C, R, n) array, entry for entry)."""
     b = float(sig.probe_idx.shape[-1])
-    k = sig.probe_counts()  # (C, R, 2, n)
-    k_b, k_bp = k[:, :, B], k[:, :, B_PRIME]  # (C, R, n)
-    sq = sig.sqnorm.astype(np.float64)[:, :, None, :]  # (M, C, 1, n)
-    ip = sig.ip.astype(np.float64)  # (M, C, R, 2, n)
+    on_b, on_bp = probe_entries(sig, B), probe_entries(sig, B_PRIME)
 
     def with_s(m: int) -> np.ndarray:
         # <g(q), sum_{B \ S} g + sum_S g> / (|B \ S| + |S|) with S = {q}
-        return (ip[m, :, :, B] - k_b * sq[m] + sq[m]) / (b - k_b + 1.0)
+        out = np.add(sig.ip[m, :, :, B], sig.sqnorm[m][:, None, :], dtype=np.float64)
+        out /= b + 1.0
+        ci, ri, ji, k = on_b
+        ip, sq = (
+            sig.ip[m, ci, ri, B, ji].astype(np.float64),
+            sig.sqnorm[m, ci, ji].astype(np.float64),
+        )
+        out[ci, ri, ji] = (ip - k * sq + sq) / (b - k + 1.0)
+        return out
 
     o = with_s(MAIN)
+    o_prime = sig.ip[MAIN, :, :, B_PRIME].astype(np.float64)  # (C, R, n)
+    o_prime /= max(b, 1.0)
+    ci, ri, ji, k = on_bp
+    ip = sig.ip[MAIN, ci, ri, B_PRIME, ji].astype(np.float64)
+    o_prime[ci, ri, ji] = (ip - k * sig.sqnorm[MAIN, ci, ji].astype(np.float64)) / np.maximum(
+        b - k, 1.0
+    )
     # without the auxiliary model X = O and Y = O': only D = X - Y (paired) is meaningful
-    o_hat = with_s(AUX) if sig.has_aux else 0.0
-    o_prime = (ip[MAIN, :, :, B_PRIME] - k_bp * sq[MAIN]) / np.maximum(b - k_bp, 1.0)
-    x = (o - o_hat).reshape(-1, sig.n_train).T  # (n, C*R)
-    y = (o_prime - o_hat).reshape(-1, sig.n_train).T
-    return x, y
+    if sig.has_aux:
+        o_hat = with_s(AUX)
+        o -= o_hat
+        o_prime -= o_hat
+    return o.reshape(-1, sig.n_train).T, o_prime.reshape(-1, sig.n_train).T  # (n, C*R)
 
 
 def _finite_population(n_pool: np.ndarray | float, b: float) -> np.ndarray | float:
@@ -157,11 +196,15 @@ def self_moments(sig: SignalView) -> tuple[np.ndarray, np.ndarray]:
         )
     b = float(sig.probe_idx.shape[-1])
     n_pool = float(sig.population - 1)
-    k = sig.probe_counts()  # (C, R, 2, n) z's own appearances in each probe batch
+    c, n = sig.n_checkpoints, sig.n_train
     s = sig.sqnorm[MAIN].astype(np.float64)  # (C, n)
-    others = b * 2 * sig.n_repeats - k.sum(axis=(1, 2))  # (C, n) points j != z drawn
-    sum1 = (sig.ip[MAIN].astype(np.float64) - k * s[:, None, None]).sum(axis=(1, 2))
-    sum2 = (sig.ip2.astype(np.float64) - k * (s**2)[:, None, None]).sum(axis=(1, 2))
+    drawn = np.zeros((c, n), dtype=np.float64)  # z's own appearances in the 2R batches
+    ci, _, _, ji = sig.probe_slots()
+    np.add.at(drawn, (ci, ji), 1.0)
+    others = b * 2 * sig.n_repeats - drawn  # (C, n) points j != z drawn
+    # sums over the 2R batches of ip and ip2, less z's own terms (k s and k s^2)
+    sum1 = sig.ip[MAIN].sum(axis=(1, 2), dtype=np.float64) - drawn * s
+    sum2 = sig.ip2.sum(axis=(1, 2), dtype=np.float64) - drawn * s**2
     mu1 = sum1 / np.maximum(others, 1.0)
     var1 = np.maximum(sum2 / np.maximum(others, 1.0) - mu1**2, 0.0)
     m = (s - mu1) / (b + 1.0)

@@ -50,15 +50,12 @@ class PointSlice(SignalView):
     def population(self) -> int:
         return self.n_total
 
-    def probe_counts(self) -> np.ndarray:
-        """(C, R, 2, n) appearances of this slice's points in each probe batch."""
-        c, r, two, _ = self.probe_idx.shape
-        counts = np.zeros((c, r, two, self.n_train), dtype=np.float64)
+    def probe_slots(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The probe-batch slots that hold this slice's points, positions within the slice."""
         rel: np.ndarray = np.asarray(self.probe_idx, np.int64) - self.offset
         inside = (rel >= 0) & (rel < self.n_train)
-        where = [axis[inside] for axis in np.indices(rel.shape)[:3]]
-        np.add.at(counts, (*where, rel[inside]), 1.0)
-        return counts
+        ci, ri, ki = (axis[inside] for axis in np.indices(rel.shape)[:3])
+        return ci, ri, ki, rel[inside]
 
 
 def streams(signals: Signals, method: str) -> bool:
