@@ -40,7 +40,7 @@ OUT = ROOT / "docs" / "performance.md"
 REPEATS = 5
 SPREAD_MAX = 0.10
 # Row groups, in the order they run (--rows picks some).
-GROUPS = ("collection", "engine", "stage2", "resnet", "ooc")
+GROUPS = ("noise", "collection", "engine", "stage2", "resnet", "ooc")
 
 
 # ---- ratios and rows ----------------------------------------------------------------------
@@ -101,6 +101,92 @@ def interleaved(
     """Seconds of ``a`` and of ``b``, run alternately ``repeats`` times each."""
     out = alternate([("a", a), ("b", b)], repeats)
     return out["a"], out["b"]
+
+
+# ---- the machine's own noise: fixed work under the rows' protocol -------------------------
+
+# Seconds of each control side per repetition, in pieces of about NOISE_PIECE seconds.
+NOISE_SECONDS, NOISE_PIECE = 3.0, 0.25
+
+
+def _calls_per_piece(fn: Callable[[], Any], seconds: float) -> int:
+    """How many calls of ``fn`` take about ``seconds`` (from the quickest of 3 timed calls)."""
+    best = min(_seconds(fn) for _ in range(3))
+    return max(1, round(seconds / max(best, 1e-6)))
+
+
+def _seconds(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_noise(repeats: int, seconds: float) -> dict[str, Any]:
+    """Two controls timed as the rows are (pieces of A and B in turn, the order reversed
+    each repetition, ``seconds`` per side per repetition): a fixed matrix product against
+    itself, and a fixed memory sweep through fresh arrays (as numpy's temporaries are)
+    against the product. Their spreads are what the machine allows a row: the same work
+    on both sides, and two kinds of work, as most rows compare."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2048, 785, generator=gen), torch.randn(785, 2000, generator=gen)
+    x = np.random.default_rng(0).random(3_000_000)
+
+    def product() -> None:
+        a @ b
+
+    def sweep() -> None:
+        z = x * 2.0
+        z += 1.0
+
+    n_product = _calls_per_piece(product, NOISE_PIECE)
+    n_sweep = _calls_per_piece(sweep, NOISE_PIECE)
+
+    def times(fn: Callable[[], None], k: int) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(k):
+                fn()
+
+        return run
+
+    pieces = max(1, round(seconds / NOISE_PIECE))
+    steps = [
+        ("product", times(product, n_product)),
+        ("product again", times(product, n_product)),
+        ("sweep", times(sweep, n_sweep)),
+    ] * pieces
+    t = alternate(steps, repeats)
+    return {
+        "same": Ratio([b / a for a, b in zip(t["product"], t["product again"])]),
+        "kinds": Ratio([b / a for a, b in zip(t["product"], t["sweep"])]),
+        "seconds": statistics.median(t["product"]),
+        "sweep_seconds": statistics.median(t["sweep"]),
+    }
+
+
+def noise_rows(quick: bool) -> list[Row]:
+    r = bench_noise(2 if quick else REPEATS, 0.5 if quick else NOISE_SECONDS)
+    rows = [
+        Row(
+            "control: a fixed matrix product (2048x785 by 785x2000) / the same product, "
+            "in turn: the same work on both sides",
+            r["same"],
+            f"{r['same'].text()} ({r['seconds']:.1f} s a side per repetition)",
+            "-",
+            None,
+        ),
+        Row(
+            "control: a fixed memory sweep through fresh arrays (24 MB) / the product: two "
+            "kinds of work, as the rows below compare",
+            r["kinds"],
+            f"{r['kinds'].text()} ({r['sweep_seconds']:.1f} s vs {r['seconds']:.1f} s a side "
+            "per repetition)",
+            "-",
+            None,
+        ),
+    ]
+    for row in rows:
+        print(row, flush=True)
+    return rows
 
 
 # ---- collection: train-collect with the defaults -------------------------------------------
@@ -440,8 +526,8 @@ def bench_stage2(n: int, repeats: int) -> dict[str, Any]:
     """`fine estimate --method fine` on n points x 100 checkpoints (100 + 100 samples per
     point): the paper's Algorithm 2, the defaults, and the defaults with p-values, each
     against one MLP training epoch on n points. Per repetition the epoch runs as two
-    half-epochs (300 steps each at 60,000 points), each followed by one Algorithm 2 and two
-    default estimates, and the one estimate with p-values after them."""
+    half-epochs (300 steps each at 60,000 points), each followed by one Algorithm 2, two
+    default estimates and one with p-values."""
     import fine_cli
     from fine_cli import training
     from fine_cli.stages import estimate
@@ -466,12 +552,12 @@ def bench_stage2(n: int, repeats: int) -> dict[str, Any]:
             ("alg2", lambda: estimate.run(art, "fine", alg2)),
             ("default", lambda: estimate.run(art, "fine", defaults)),
             ("default", lambda: estimate.run(art, "fine", defaults)),
+            ("pvalues", lambda: estimate.run(art, "fine", pvalues)),
         ]
-    steps.append(("pvalues", lambda: estimate.run(art, "fine", pvalues)))
-    for _, fn in steps:  # warm-up: tables built, memory mapped once
+    for _, fn in steps[1:5]:  # warm-up: tables built, memory mapped once
         fn()
     times = alternate(steps, repeats)
-    runs = {"epoch": 1, "alg2": 2, "default": 4, "pvalues": 1}  # per repetition
+    runs = {"epoch": 1, "alg2": 2, "default": 4, "pvalues": 2}  # per repetition
     per_run = {k: [t / runs[k] for t in v] for k, v in times.items()}
     epoch = per_run["epoch"]
     if os.environ.get("FINE_BENCH_VERBOSE"):
@@ -861,6 +947,7 @@ def machine() -> str:
 
 
 ROWS: dict[str, Callable[[bool], list[Row]]] = {
+    "noise": noise_rows,
     "collection": collection_rows,
     "engine": engine_rows,
     "stage2": stage2_rows,
@@ -871,6 +958,7 @@ ROWS: dict[str, Callable[[bool], list[Row]]] = {
 
 # The generated block of docs/performance.md that each group's rows go to.
 BLOCK_OF = {
+    "noise": "bench",
     "collection": "bench",
     "engine": "bench",
     "stage2": "bench",
