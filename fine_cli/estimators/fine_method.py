@@ -129,18 +129,35 @@ def _rb_bootstrap_se(m: np.ndarray, v: np.ndarray, cols: np.ndarray) -> np.ndarr
         mb, vb = m[s : s + step], v[s : s + step]
         centre = mb.mean(axis=1, keepdims=True)
         mc = mb - centre
-        mean_c = mc @ weights  # (p, B)
-        var = np.maximum((mc * mc) @ weights - mean_c**2, 0.0)
-        scale = np.sqrt(np.maximum(vb @ weights + var, 0.0))
+        # three (p, B) work arrays, updated in place (fresh memory is slow to fault in)
+        draws = mc @ weights  # each draw's mean of the centred m
+        var = (mc * mc) @ weights
+        scale = np.square(draws)
+        np.subtract(var, scale, out=var)  # the draw's variance of m
+        np.maximum(var, 0.0, out=var)
+        np.matmul(vb, weights, out=scale)
+        scale += var
+        np.maximum(scale, 0.0, out=scale)
+        np.sqrt(scale, out=scale)
         # influence_rb floors the scale by the draw's own max |m|; the row's max bounds it,
         # so a draw above the row's floor is exact, and rows with one below are redone
         floor = SCALE_REL * np.abs(mb).max(axis=1, keepdims=True) + SCALE_TINY
-        draws = np.sqrt(2.0) * (mean_c + centre) / np.maximum(scale, floor)
         low = (scale < floor).any(axis=1)
+        np.maximum(scale, floor, out=scale)
+        draws += centre
+        draws *= np.sqrt(2.0)
+        draws /= scale
         if low.any():
             draws[low] = _rb_draws(mb[low], vb[low], cols)
-        out[s : s + step] = draws.std(axis=1, ddof=1)
+        out[s : s + step] = _row_sd(draws, var)
     return out
+
+
+def _row_sd(a: np.ndarray, work: np.ndarray) -> np.ndarray:
+    """(P,) a.std(axis=1, ddof=1) of a (P, B), with ``work`` (P, B) as scratch space."""
+    np.subtract(a, a.mean(axis=1, keepdims=True), out=work)
+    np.square(work, out=work)
+    return np.sqrt(work.sum(axis=1) / (a.shape[1] - 1))
 
 
 def _rb_draws(m: np.ndarray, v: np.ndarray, cols: np.ndarray) -> np.ndarray:
