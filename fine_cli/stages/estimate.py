@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from fine_cli import registry
+from fine_cli.allocator import keep_freed_memory
 from fine_cli.errors import RunError
 from fine_cli.estimators import null
 from fine_cli.estimators.fine import MOMENT_ESTIMATORS
@@ -51,6 +52,16 @@ def run(
     Signals mapped from a directory are scored block by block where the method allows
     (:mod:`fine_cli.stages.estimate_stream`), the arrays written to ``out_dir`` if given.
     """
+    with keep_freed_memory():  # work arrays reused block after block (fine_cli/allocator.py)
+        return _run(signals, method, options, out_dir)
+
+
+def _run(
+    signals: Signals,
+    method: str,
+    options: EstimateOptions | None,
+    out_dir: str | Path | None,
+) -> Influence:
     from fine_cli.stages import estimate_stream
 
     if estimate_stream.streams(signals, method):
