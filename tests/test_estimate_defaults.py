@@ -66,3 +66,25 @@ def test_pvalues_are_computed_only_on_request(tiny_signals: Path, tmp_path: Path
     assert load_artifact(str(asked), "influence").meta["permutations"]["draws"] == 49
     res = runner.invoke(app, ["rank", str(asked), "--fdr", "0.2", "--null", "zero"])
     assert res.exit_code == 0, res.output
+
+
+def test_few_samples_warning_counts_what_each_estimator_averages(tiny_signals: Path) -> None:
+    # rb's per-checkpoint moments integrate the probe pairs out: it is warned about too few
+    # checkpoints, the sample estimators about too few checkpoints x probe pairs
+    from fine_cli.artifacts import load_artifact
+    from fine_cli.stages import estimate
+
+    sig = load_artifact(str(tiny_signals), "signals")
+    r = sig["probe_idx"].shape[1]
+    assert sig.n_checkpoints >= null.MIN_SE_CHECKPOINTS and r < null.MIN_SE_SAMPLES
+
+    def warned(**opts: object) -> list[str]:
+        return estimate.run(sig, "fine", EstimateOptions(**opts)).meta.get("warnings", [])
+
+    few = null.MIN_SE_CHECKPOINTS  # rb: enough checkpoints, fewer samples than paired wants
+    assert few * r < null.MIN_SE_SAMPLES
+    assert warned(checkpoints=few, bootstrap=0) == []
+    (text,) = warned(checkpoints=few - 1, bootstrap=0)
+    assert f"only {few - 1} checkpoint(s)" in text and "--checkpoints all" in text
+    (text,) = warned(estimator="paired", checkpoints=few, bootstrap=0)
+    assert f"only {few * r} samples per distribution" in text

@@ -120,11 +120,19 @@ def _caveats(
     method: str, sig: SignalView, arrays: dict[str, np.ndarray], estimator: str
 ) -> dict[str, Any]:
     """``warnings`` (sentences the CLI prints) and ``undefined`` (arrays holding nan, with
-    the reason): f-INE from fewer than MIN_SE_SAMPLES samples per distribution, and
-    standard errors that are undefined (docs/ROBUSTNESS.md)."""
+    the reason): f-INE from fewer than MIN_SE_SAMPLES samples per distribution (rb: fewer
+    than MIN_SE_CHECKPOINTS checkpoints, as its per-checkpoint moments integrate the probe
+    pairs out), and standard errors that are undefined (docs/ROBUSTNESS.md)."""
     warnings: list[str] = []
     undefined: dict[str, str] = {}
-    if method == "fine" and sig.n_samples < null.MIN_SE_SAMPLES:
+    if method == "fine" and estimator in MOMENT_ESTIMATORS:
+        if sig.n_checkpoints < null.MIN_SE_CHECKPOINTS:
+            warnings.append(
+                f"f-INE scores ({estimator}) from only {sig.n_checkpoints} checkpoint(s) are "
+                f"unreliable: they vary between checkpoints, and {null.MIN_SE_CHECKPOINTS} or "
+                "more are advised (collect more checkpoints, or --checkpoints all)."
+            )
+    elif method == "fine" and sig.n_samples < null.MIN_SE_SAMPLES:
         warnings.append(
             f"f-INE scores from only {sig.n_samples} samples per distribution (checkpoints x "
             f"probe pairs) are unreliable; {null.MIN_SE_SAMPLES} or more are advised."
