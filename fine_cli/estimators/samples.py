@@ -196,19 +196,34 @@ def self_moments(sig: SignalView) -> tuple[np.ndarray, np.ndarray]:
         )
     b = float(sig.probe_idx.shape[-1])
     n_pool = float(sig.population - 1)
-    c, n = sig.n_checkpoints, sig.n_train
-    s = sig.sqnorm[MAIN].astype(np.float64)  # (C, n)
-    drawn = np.zeros((c, n), dtype=np.float64)  # z's own appearances in the 2R batches
+    n = sig.n_train
+    all_drawn = b * 2 * sig.n_repeats  # probe points per checkpoint, z's own included
+    # z's own appearances in the 2R batches, where there are any: (E,) entries of (C, n)
     ci, _, _, ji = sig.probe_slots()
-    np.add.at(drawn, (ci, ji), 1.0)
-    others = b * 2 * sig.n_repeats - drawn  # (C, n) points j != z drawn
-    # sums over the 2R batches of ip and ip2, less z's own terms (k s and k s^2)
-    sum1 = sig.ip[MAIN].sum(axis=(1, 2), dtype=np.float64) - drawn * s
-    sum2 = sig.ip2.sum(axis=(1, 2), dtype=np.float64) - drawn * s**2
-    mu1 = sum1 / np.maximum(others, 1.0)
-    var1 = np.maximum(sum2 / np.maximum(others, 1.0) - mu1**2, 0.0)
-    m = (s - mu1) / (b + 1.0)
-    v = var1 * _finite_population(n_pool, b) * (b / (b + 1.0) ** 2 + 1.0 / b)
+    keys, counts = np.unique(ci * n + ji, return_counts=True)
+    ci, ji = np.divmod(keys, n)
+    drawn = counts.astype(np.float64)
+    # four (C, n) arrays, updated in place (fresh memory is slow to fault in)
+    s = sig.sqnorm[MAIN].astype(np.float64)
+    sum1 = sig.ip[MAIN].sum(axis=(1, 2), dtype=np.float64)  # over the 2R batches
+    sum2 = sig.ip2.sum(axis=(1, 2), dtype=np.float64)
+    # less z's own terms (k s and k s^2), divided by the count of the other points drawn
+    own = s[ci, ji]
+    others = np.maximum(all_drawn - drawn, 1.0)
+    mu1_own = (sum1[ci, ji] - drawn * own) / others
+    ex2_own = (sum2[ci, ji] - drawn * own**2) / others
+    sum1 /= max(all_drawn, 1.0)
+    sum1[ci, ji] = mu1_own  # now mu1
+    sum2 /= max(all_drawn, 1.0)
+    sum2[ci, ji] = ex2_own  # now the mean of ip^2
+    work = np.square(sum1)
+    sum2 -= work
+    np.maximum(sum2, 0.0, out=sum2)  # var1
+    s -= sum1
+    s /= b + 1.0  # m
+    sum2 *= _finite_population(n_pool, b)
+    sum2 *= b / (b + 1.0) ** 2 + 1.0 / b  # v
+    m, v = s, sum2
     return m.T, v.T
 
 
