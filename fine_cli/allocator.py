@@ -6,9 +6,9 @@ pays the page faults of memory the process has just released; on virtual machine
 are slow and uneven. Inside :func:`keep_freed_memory` freed memory stays in the
 allocator's heap and the next block reuses it; on leaving, the defaults are restored and
 the heap is trimmed, so the process ends up with no more memory than before.
-docs/performance.md ("Stage 2") has the measurements: the default estimate 0.65 s ->
-0.45 s at 60,000 points x 100 checkpoints, and its time between repetitions spread 11%
-instead of 80 - 110%.
+docs/performance.md ("Stage 2") has the measurements: at 60,000 points x 100
+checkpoints, the estimate with p-values took 0.75 s instead of 1.07 s, the defaults 0.39 s
+instead of 0.46 s (`benchmarks/stage2_allocator.py`).
 """
 
 from __future__ import annotations
