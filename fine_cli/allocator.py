@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ _lock = threading.Lock()
 _depth = 0
 
 
+@functools.cache
 def _libc() -> Any:
     """glibc's handle with mallopt and malloc_trim, or None (another C library)."""
     name = ctypes.util.find_library("c")

@@ -119,13 +119,20 @@ def probe_entries(sig: SignalView, side: int) -> tuple[np.ndarray, ...]:
     repeat and point indices and the count, four (E,) arrays. A probe batch holds b of
     the n points, so the corrections that S's own appearances call for touch C*R*b entries,
     not C*R*n."""
-    r, n = sig.n_repeats, sig.n_train
     ci, ri, ki, ji = sig.probe_slots()
     on = ki == side
-    keys, counts = np.unique((ci[on] * r + ri[on]) * n + ji[on], return_counts=True)
-    ci, rest = np.divmod(keys, r * n)
-    ri, ji = np.divmod(rest, n)
-    return ci, ri, ji, counts.astype(np.float64)
+    shape = (sig.n_checkpoints, sig.n_repeats, sig.n_train)
+    (ci, ri, ji), counts = _distinct((ci[on], ri[on], ji[on]), shape)
+    return ci, ri, ji, counts
+
+
+def _distinct(
+    index: tuple[np.ndarray, ...], shape: tuple[int, ...]
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """The distinct index tuples among ``index`` (arrays into ``shape``), in C order, and
+    how many times each occurs (float64)."""
+    keys, counts = np.unique(np.ravel_multi_index(index, shape), return_counts=True)
+    return np.unravel_index(keys, shape), counts.astype(np.float64)
 
 
 def self_samples(sig: SignalView) -> tuple[np.ndarray, np.ndarray]:
@@ -196,13 +203,10 @@ def self_moments(sig: SignalView) -> tuple[np.ndarray, np.ndarray]:
         )
     b = float(sig.probe_idx.shape[-1])
     n_pool = float(sig.population - 1)
-    n = sig.n_train
     all_drawn = b * 2 * sig.n_repeats  # probe points per checkpoint, z's own included
     # z's own appearances in the 2R batches, where there are any: (E,) entries of (C, n)
     ci, _, _, ji = sig.probe_slots()
-    keys, counts = np.unique(ci * n + ji, return_counts=True)
-    ci, ji = np.divmod(keys, n)
-    drawn = counts.astype(np.float64)
+    (ci, ji), drawn = _distinct((ci, ji), (sig.n_checkpoints, sig.n_train))
     # four (C, n) arrays, updated in place (fresh memory is slow to fault in)
     s = sig.sqnorm[MAIN].astype(np.float64)
     sum1 = sig.ip[MAIN].sum(axis=(1, 2), dtype=np.float64)  # over the 2R batches
